@@ -1,0 +1,84 @@
+"""Export after ``fit``: the model in Hugging Face format (LoRA merged) and, under PEFT, the adapter in PEFT format."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+
+from lightning_post.tracking import mlflow_logger, set_tags
+
+log = logging.getLogger(__name__)
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder of this run: the parent of the checkpoint folder (``mlruns/runs/<experiment>/<run>``)."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and getattr(ckpt, "dirpath", None):
+        return Path(ckpt.dirpath).parent
+    return Path(trainer.default_root_dir)
+
+
+def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapter: bool = True) -> dict[str, str]:
+    """Write ``out/model`` (full weights, adapters merged) and ``out/adapter`` (PEFT format) with the tokenizer.
+
+    Each folder is written under a temporary name and renamed into place, so a crash never leaves half an export.
+    """
+    model, tokenizer = module.model, module.tokenizer
+    is_peft = hasattr(model, "peft_config")
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+
+    def _write(name: str, save) -> None:
+        final = out / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
+        try:
+            save(tmp)
+            tokenizer.save_pretrained(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        written[name] = str(final.resolve())
+
+    if is_peft and adapter:
+        _write("adapter", lambda d: model.save_pretrained(d))
+    if merge or not is_peft:
+        def save_merged(d: Path) -> None:
+            full = copy.deepcopy(model).merge_and_unload() if is_peft else model
+            full.save_pretrained(d)
+
+        _write("model", save_merged)
+    return written
+
+
+class ExportModel(L.Callback):
+    """Export the trained policy at the end of ``fit`` and record where on the MLflow run (tag ``export_dir``)."""
+
+    def __init__(self, dirpath: Optional[str] = None, merge_adapters: bool = True, save_adapter: bool = True,
+                 enabled: bool = True):
+        """
+        Args:
+            dirpath: where to export; ``None`` = ``<run folder>/export`` next to the checkpoints.
+            merge_adapters: also write the full model with LoRA merged into the base weights.
+            save_adapter: also write the adapter alone in PEFT format (PEFT runs only).
+            enabled: set to false to skip the export.
+        """
+        self.dirpath, self.merge_adapters, self.save_adapter, self.enabled = dirpath, merge_adapters, save_adapter, enabled
+        self.written: dict[str, str] = {}
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or not trainer.is_global_zero:
+            return
+        out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "export"
+        self.written = export_model(pl_module, out, self.merge_adapters, self.save_adapter)
+        log.info("exported %s", self.written)
+        logger = mlflow_logger(trainer)
+        if logger is not None:
+            set_tags(logger, {"export_dir": str(out.resolve()), **{f"export_{k}": v for k, v in self.written.items()}})

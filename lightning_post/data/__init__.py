@@ -1,0 +1,1 @@
+"""Data: record validation, prompt templates, tokenisation, collators and LightningDataModules."""

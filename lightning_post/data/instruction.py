@@ -1,0 +1,205 @@
+"""InstructionDataModule: instruction / chat data -> tokenised, label-masked, optionally packed batches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from importlib import resources
+from typing import Optional, Union
+
+import lightning as L
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from lightning_post.data.collate import collate_rows, pack_greedy
+from lightning_post.data.records import load_instruction_records
+from lightning_post.data.sampling import ResumableLoader, ResumableSampler, completed_batches_in_epoch
+from lightning_post.data.templates import check_template, prompt_text, to_segments
+from lightning_post.data.tokenize import TokenizeStats, Tokenized, tokenize_segments, truncate
+from lightning_post.models.loading import DEFAULT_MODEL, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+Files = Optional[Union[str, list[str]]]
+
+
+def default_instruction_file() -> str:
+    """The bundled dataset: 120 Korean and English instructions (summarisation, code, classification, ...)."""
+    return str(resources.files("lightning_post") / "resources" / "instructions.jsonl")
+
+
+def _as_list(files: Files) -> list[str]:
+    return [] if files is None else [files] if isinstance(files, str) else list(files)
+
+
+class _Rows:
+    """Map-style dataset over rows; each row is a list of one (or, packed, several) tokenised examples."""
+
+    def __init__(self, rows: list[list[Tokenized]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> list[Tokenized]:
+        return self.rows[i]
+
+
+class InstructionDataModule(L.LightningDataModule):
+    """Instruction tuning data: files -> validated records -> template -> tokens with response-only labels.
+
+    Every file is validated completely in ``setup`` before training starts; a bad record stops the run with its
+    file, line and field, and nothing (MLflow run, checkpoint) is written.
+    """
+
+    def __init__(
+        self,
+        train_files: Files = None,
+        val_files: Files = None,
+        test_files: Files = None,
+        val_fraction: float = 0.1,
+        template: str = "chat",
+        tokenizer: str = DEFAULT_MODEL,
+        max_length: int = 512,
+        truncation: str = "right",
+        packing: bool = False,
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            train_files: JSON/JSONL/parquet files or saved dataset folders; ``None`` = the bundled dataset.
+            val_files: validation files; ``None`` = hold out ``val_fraction`` of the training records.
+            test_files: test files for ``lightning-post test``; ``None`` = the validation split.
+            val_fraction: share of training records held out for validation when ``val_files`` is not given.
+            template: ``chat`` (the tokenizer's chat template) or ``basic``, ``with_input``, ``conversational``,
+                ``alpaca``, ``raw``; records with a non-empty ``input`` use the template's with-input layout.
+            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
+            max_length: longest tokenised example (and packed row) in tokens.
+            truncation: ``right`` (keep the first ``max_length`` tokens) or ``drop`` (drop longer examples).
+            packing: pack several examples per row; they cannot attend to each other (4D segment mask).
+            batch_size: rows per optimizer step per device (split into micro-batches by the module).
+            eval_batch_size: rows per validation/test batch.
+            shuffle: shuffle training rows each epoch (seeded).
+            seed: seed of the validation split and the shuffling.
+            num_workers: DataLoader worker processes.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        check_template(template)
+        if truncation not in ("right", "drop"):
+            raise ValueError(f"unknown truncation {truncation!r}; choose 'right' or 'drop'")
+        self.tokenizer_name = tokenizer
+        self.tok = None
+        self.splits: dict[str, _Rows] = {}
+        self.stats: dict[str, TokenizeStats] = {}
+
+    # ---- preparation -------------------------------------------------------------------------------------------
+    def _tokenizer(self):
+        if self.tok is None:
+            self.tok = load_tokenizer(self.tokenizer_name)
+        return self.tok
+
+    def encode(self, records: list[dict], split: str) -> list[Tokenized]:
+        """Format, tokenise and truncate records; counts go to ``self.stats[split]``."""
+        hp, tok = self.hparams, self._tokenizer()
+        stats = TokenizeStats(examples=len(records))
+        out = []
+        for i, rec in enumerate(tqdm(records, desc=f"tokenising {split}", disable=len(records) < 1000)):
+            ex = tokenize_segments(to_segments(rec, hp.template, tok), tok, template_is_chat=hp.template == "chat")
+            was_long = len(ex.input_ids) > hp.max_length
+            ex = truncate(ex, hp.max_length, hp.truncation)
+            if ex is None:
+                stats.dropped += 1
+                stats.dropped_where.append(i)
+                continue
+            stats.truncated += was_long
+            stats.tokens += len(ex.input_ids)
+            stats.response_tokens += sum(label != -100 for label in ex.labels)
+            out.append(ex)
+        if stats.truncated or stats.dropped:
+            log.warning(
+                "%s: %d of %d examples truncated, %d dropped (max_length=%d, truncation=%s)",
+                split, stats.truncated, stats.examples, stats.dropped, hp.max_length, hp.truncation,
+            )
+        self.stats[split] = stats
+        return out
+
+    def _rows(self, examples: list[Tokenized]) -> _Rows:
+        if not self.hparams.packing:
+            return _Rows([[e] for e in examples])
+        groups = pack_greedy([len(e.input_ids) for e in examples], self.hparams.max_length)
+        return _Rows([[examples[i] for i in g] for g in groups])
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        train = load_instruction_records(_as_list(hp.train_files) or [default_instruction_file()])
+        if hp.val_files is not None:
+            val = load_instruction_records(_as_list(hp.val_files))
+        else:
+            order = list(range(len(train)))
+            random.Random(hp.seed).shuffle(order)
+            n_val = max(1, math.ceil(len(train) * hp.val_fraction)) if hp.val_fraction > 0 else 0
+            held = set(order[:n_val])
+            val = [train[i] for i in sorted(held)]
+            train = [r for i, r in enumerate(train) if i not in held]
+        test = load_instruction_records(_as_list(hp.test_files)) if hp.test_files is not None else None
+        # every file is read and validated above before anything is tokenised, trained or written
+        self.splits["train"] = self._rows(self.encode(train, "train"))
+        self.splits["val"] = _Rows([[e] for e in self.encode(val, "val")])
+        self.splits["test"] = _Rows([[e] for e in self.encode(test, "test")]) if test is not None else self.splits["val"]
+        if not self.splits["train"].rows:
+            raise ValueError("no training example is left after truncation; raise data.max_length")
+
+    # ---- loaders -----------------------------------------------------------------------------------------------
+    def _collate(self, rows):
+        return collate_rows(rows, self._tokenizer().pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        hp, trainer = self.hparams, self.trainer
+        sampler = ResumableSampler(
+            self.splits["train"],
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+            shuffle=hp.shuffle,
+            seed=hp.seed,
+            batch_size=hp.batch_size,
+        )
+        loader = ResumableLoader(
+            self.splits["train"], batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collate,
+            num_workers=hp.num_workers,
+        )
+        sampler.skip_batches = completed_batches_in_epoch(trainer, len(loader))
+        return loader
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(
+            self.splits[split], batch_size=self.hparams.eval_batch_size, shuffle=False, collate_fn=self._collate,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    # ---- prompts for generation --------------------------------------------------------------------------------
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a generation prompt for a bare request, formatted exactly like training prompts."""
+        tok = self._tokenizer()
+        formatted = prompt_text(text, self.hparams.template, tok)
+        ids = tok(formatted, add_special_tokens=False)["input_ids"]
+        if (
+            tok.bos_token_id is not None
+            and getattr(tok, "add_bos_token", False)
+            and not formatted.startswith(tok.bos_token)
+        ):
+            ids = [tok.bos_token_id] + ids
+        return ids

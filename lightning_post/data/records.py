@@ -1,0 +1,145 @@
+"""Read instruction files through ``datasets`` and validate every record before anything is trained or written.
+
+Accepted record layouts (one per file row):
+
+* ``{"instruction": str, "input": str (optional), "response": str}`` (``output`` is accepted for ``response``);
+* ``{"prompt": str, "completion": str}`` (the prompt is used as the instruction);
+* ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` with at least one assistant turn.
+
+Errors name the file, the line (JSON Lines) or row, and the field: ``data.jsonl:7: field 'response': is empty``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+ROLES = ("system", "user", "assistant")
+
+
+class DataError(ValueError):
+    """A record that cannot be used, with its location."""
+
+    def __init__(self, where: str, field: str | None, problem: str):
+        self.where, self.field, self.problem = where, field, problem
+        super().__init__(f"{where}: field '{field}': {problem}" if field else f"{where}: {problem}")
+
+
+def _text(record: dict, field: str, where: str, *, required: bool = True, allow_empty: bool = False) -> str:
+    if field not in record or record[field] is None:
+        if required:
+            raise DataError(where, field, "is missing")
+        return ""
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataError(where, field, f"must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise DataError(where, field, "is empty")
+    return value
+
+
+def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
+    """Validate one record and return it as ``{instruction, input, response}`` or ``{messages}``."""
+    if not isinstance(record, dict):
+        raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
+    record = {k: v for k, v in record.items() if v is not None}  # datasets fills absent keys with None
+    if record.get("messages") is not None:
+        messages = record["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise DataError(where, "messages", "must be a non-empty list of {role, content} objects")
+        clean = []
+        for i, m in enumerate(messages):
+            field = f"messages[{i}]"
+            if not isinstance(m, dict):
+                raise DataError(where, field, "must be an object with 'role' and 'content'")
+            role = m.get("role")
+            if role not in ROLES:
+                raise DataError(where, f"{field}.role", f"must be one of {list(ROLES)}, got {role!r}")
+            content = _text(m, "content", where, allow_empty=role != "assistant")
+            clean.append({"role": role, "content": content})
+        if not any(m["role"] == "assistant" for m in clean):
+            raise DataError(where, "messages", "the conversation has no assistant turn to train on")
+        return {"messages": clean}
+    if "prompt" in record and "instruction" not in record:
+        return {
+            "instruction": _text(record, "prompt", where),
+            "input": "",
+            "response": _text(record, "completion", where),
+        }
+    response_field = "response" if "response" in record or "output" not in record else "output"
+    if "instruction" not in record:
+        raise DataError(where, "instruction", "is missing (expected instruction/response, prompt/completion or messages)")
+    return {
+        "instruction": _text(record, "instruction", where),
+        "input": _text(record, "input", where, required=False, allow_empty=True),
+        "response": _text(record, response_field, where),
+    }
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+
+
+def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    with _open_text(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _json_array(path: Path) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(data, list):
+        raise DataError(str(path), None, "a .json file must hold a list of records (or one record per line)")
+    return [(f"{path} item {i}", rec) for i, rec in enumerate(data)]
+
+
+def _is_json_array(path: Path) -> bool:
+    with _open_text(path) as f:
+        for line in f:
+            if line.strip():
+                return line.lstrip().startswith("[")
+    return False
+
+
+def raw_records(path: str | Path, normalize: Callable[[Any, str], Any]) -> list[tuple[str, Any]]:
+    """``(location, normalize(record, location))`` for every record of a JSON/JSONL(.gz)/parquet file or saved dataset.
+
+    JSON files are first checked record by record with their line numbers, so a syntax error or a bad field is
+    reported exactly where it is; then every format is loaded through ``datasets`` (the loader a user would call).
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(str(path), None, "file not found")
+    if path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            raise DataError(str(path), None, f"holds splits {list(ds)}; name one split's folder")
+        return [(f"{path} row {i}", normalize(rec, f"{path} row {i}")) for i, rec in enumerate(ds)]
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
+        return [(f"{path} row {i}", normalize(rec, f"{path} row {i}")) for i, rec in enumerate(ds)]
+    if not name.endswith((".json", ".jsonl")):
+        raise DataError(str(path), None, "unsupported format; use .jsonl, .json, .parquet or a saved dataset folder")
+    located = _json_array(path) if _is_json_array(path) else list(_json_lines(path))
+    for where, rec in located:  # exact errors first; datasets' own schema errors name neither line nor field
+        normalize(rec, where)
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    return [(where, normalize(rec, where)) for (where, _), rec in zip(located, ds)]
+
+
+def load_instruction_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Read and validate every record of ``paths``; the first bad record raises :class:`DataError`."""
+    return [rec for path in paths for _, rec in raw_records(path, normalize_instruction_record)]

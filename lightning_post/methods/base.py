@@ -1,0 +1,201 @@
+"""What every method shares: loading the policy, PEFT, the optimizer, and exact gradient accumulation.
+
+The method maths stays in the subclasses (and in ``lightning_post.losses``). A subclass implements
+:meth:`PostTrainingModule.loss_units` (how many items the step's loss is averaged over: response tokens for SFT,
+pairs for DPO) and :meth:`PostTrainingModule.micro_step` (the summed loss of one micro-batch).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import random
+import time
+from typing import Optional
+
+import lightning as L
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lightning_post.data.collate import attention_bias, split_batch
+from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from lightning_post.models.peft import PeftSettings, apply_peft, count_parameters
+from lightning_post.optim import OptimSettings, build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (adapters stay injected in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class PostTrainingModule(L.LightningModule, abc.ABC):
+    """Base of every method. Optimisation is manual so that accumulation is exact (see :meth:`training_step`)."""
+
+    method = "base"
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_MODEL,
+        dtype: str = "float32",
+        attn_implementation: Optional[str] = "sdpa",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        peft: Optional[PeftSettings] = None,
+        optim: OptimSettings = OptimSettings(),
+        micro_batch_size: Optional[int] = None,
+        gradient_clip_val: Optional[float] = 1.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        # Lightning stores dataclass arguments as dicts in hparams; keep typed copies for the code
+        self.peft = PeftSettings(**peft) if isinstance(peft, dict) else peft
+        self.optim = OptimSettings(**optim) if isinstance(optim, dict) else optim
+        self.automatic_optimization = False
+        self.model: Optional[torch.nn.Module] = None
+        self.tokenizer = None
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Load the policy (and its tokenizer) once; Lightning calls this before fit/validate/test."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        model = load_causal_lm(hp.model_name_or_path, hp.dtype, hp.attn_implementation, hp.trust_remote_code)
+        if hp.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        self.model = apply_peft(model, self.peft)
+        self.model.train()  # from_pretrained returns eval mode, which would silence dropout (LoRA's too)
+        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
+        # with PEFT only the adapters train, so checkpoints hold only them (the base is reloaded from its source)
+        self.strict_loading = self.peft is None
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self.model)
+
+    def on_fit_start(self) -> None:
+        trainable, total = self.parameter_counts()
+        log.info("parameters: %s trainable of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+        if self.logger is not None:
+            self.logger.log_hyperparams({"params/trainable": trainable, "params/total": total})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.peft is not None:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # random state (dropout masks, sampling) so that a resumed run continues like an uninterrupted one
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            random.setstate(states["python"])
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+
+    def forward_hidden(self, batch: dict) -> torch.Tensor:
+        """Last hidden states ``(B, T, H)`` of the decoder; packed rows get the 4D segment mask."""
+        decoder = unwrap_peft(self.model).get_decoder()
+        if int(batch["segment_ids"].max()) > 1:  # packed: keep examples from attending to each other
+            mask = attention_bias(batch["segment_ids"])  # (B, 1, T, T)
+        else:
+            mask = batch["attention_mask"]  # (B, T)
+        out = decoder(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
+        return out.last_hidden_state
+
+    def lm_head(self) -> torch.nn.Module:
+        return unwrap_peft(self.model).get_output_embeddings()
+
+    # ---- optimisation ------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer, scheduler = build_optimizer(params, self.optim, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @abc.abstractmethod
+    def loss_units(self, batch: dict) -> torch.Tensor:
+        """Number of items the step loss is averaged over in this (local) batch."""
+
+    @abc.abstractmethod
+    def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
+        """Return ``{"loss_sum": scalar with grad, <stat>_sum: detached scalars}`` for one micro-batch."""
+
+    def _sync_context(self, last: bool):
+        """Skip DDP's gradient all-reduce on every micro-batch but the last of the step."""
+        model = self.trainer.strategy.model
+        if not last and isinstance(model, DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """One optimizer step over the whole batch, accumulated over micro-batches.
+
+        The loss of a step is ``sum of per-item losses over all micro-batches and devices / total items``. The
+        denominator is known before the first backward, so each micro-batch contributes ``its sum * W / total``
+        (``W`` devices; DDP averages gradients over them). Hence 1 micro-batch of 8 and 8 of 1 give the same update.
+        """
+        start = time.perf_counter()
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        strategy = self.trainer.strategy
+        # step 1: the denominator, over every device
+        units = strategy.reduce(self.loss_units(batch).float(), reduce_op="sum")
+        scale = self.trainer.world_size / units.clamp(min=1)
+        # step 2: forward/backward per micro-batch
+        micro = split_batch(batch, self.hparams.micro_batch_size or batch["input_ids"].shape[0])
+        sums: dict[str, torch.Tensor] = {}
+        for i, mb in enumerate(micro):
+            with self._sync_context(last=i == len(micro) - 1):
+                out = self.micro_step(mb)
+                self.manual_backward(out["loss_sum"] * scale)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + v.detach()
+        # step 3: clip, step, schedule
+        grad_norm = self._grad_norm()
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        # step 4: metrics of the step over every device
+        totals = {k: strategy.reduce(v.float(), reduce_op="sum") for k, v in sums.items()}
+        tokens = strategy.reduce(batch["attention_mask"].sum().float(), reduce_op="sum")
+        metrics = self.step_metrics(totals, units)
+        metrics["train/grad_norm"] = grad_norm
+        metrics["train/lr"] = torch.tensor(sched.get_last_lr()[0])
+        metrics["train/tokens_per_sec"] = tokens / (time.perf_counter() - start)
+        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        return metrics["train/loss"]
+
+    def _grad_norm(self) -> torch.Tensor:
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
+
+    def step_metrics(self, totals: dict[str, torch.Tensor], units: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Turn summed statistics of a step into logged metrics (subclasses add theirs)."""
+        return {"train/loss": totals["loss_sum"] / units.clamp(min=1)}
+
+    # ---- generation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_from_ids(self, prompts: list[list[int]], max_new_tokens: int = 64, **kwargs) -> list[str]:
+        """Greedy (or, with ``do_sample=True``, sampled) completions of already-tokenised prompts."""
+        tok = self.tokenizer
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left pad
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        kwargs.setdefault("do_sample", False)
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            pad_token_id=pad, eos_token_id=tok.eos_token_id, **kwargs,
+        )
+        self.model.train(was_training)
+        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]

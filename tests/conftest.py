@@ -1,0 +1,46 @@
+"""Shared fixtures. Tests build tiny models from configs; the few tests on the real model are marked ``slow``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test needs the network
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture(scope="session")
+def tiny_path() -> str:
+    """A 2-layer random Llama with SmolLM2's tokenizer, built once per machine."""
+    from lightning_post.models.loading import resolve_model_path
+
+    return resolve_model_path("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_path):
+    from lightning_post.models.loading import load_tokenizer
+
+    return load_tokenizer(tiny_path)
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_jsonl(tmp_path) -> Path:
+    """Sixteen short instruction records of varied length."""
+    records = [
+        {"instruction": f"Repeat the word {w} {n} times.", "input": "", "response": " ".join([w] * n)}
+        for n, w in zip(range(1, 17), ["cat", "dog", "sun", "sky", "tree", "rain", "star", "moon"] * 2)
+    ]
+    return write_jsonl(tmp_path / "small.jsonl", records)

@@ -1,0 +1,159 @@
+"""The command line end to end on the tiny model: configs, MLflow store, export, test stage, bad input, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import CONFIGS, ROOT, write_jsonl
+
+EXE = [sys.executable, "-m", "lightning_post.cli"]
+
+
+def cli(args, cwd, check=True, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(EXE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def client(cwd):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
+
+
+def test_every_config_prints(tmp_path):
+    """Every shipped YAML parses (strategy overlays on top of the SFT config)."""
+    base = [p for p in sorted(CONFIGS.glob("*.yaml"))]
+    overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
+    assert base and overlays
+    for cfg in base:
+        out = cli(["fit", "--config", str(cfg), "--print_config"], tmp_path)
+        assert "class_path: lightning_post." in out.stdout, cfg
+    for overlay in overlays:
+        out = cli(["fit", "--config", str(CONFIGS / "sft.yaml"), "--config", str(overlay), "--print_config"], tmp_path)
+        printed = yaml.safe_load(out.stdout)
+        assert printed["trainer"]["strategy"] == yaml.safe_load(overlay.read_text())["trainer"]["strategy"], overlay
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``fit`` with configs/tiny.yaml in a fresh folder; returns (folder, run)."""
+    cwd = tmp_path_factory.mktemp("run")
+    cli(["fit", "--config", str(CONFIGS / "tiny.yaml")], cwd)
+    runs = client(cwd).search_runs(client(cwd).get_experiment_by_name("sft").experiment_id)
+    assert len(runs) == 1
+    return cwd, runs[0]
+
+
+def test_fit_records_everything_in_mlflow(tiny_run):
+    cwd, run = tiny_run
+    c = client(cwd)
+    params, tags = run.data.params, run.data.tags
+    assert params["model.init_args.model_name_or_path"] == "tiny-llama"
+    assert params["data.init_args.template"] == "chat"
+    assert params["trainer.max_steps"] == "4"
+    assert int(params["params/trainable"]) > 0 and int(params["params/total"]) > int(params["params/trainable"])
+    assert tags["method"] == "sft" and tags["model"] == "tiny-llama" and len(tags["git_commit"]) > 0
+    losses = c.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in losses] == [0, 1, 2, 3]
+    for key in ("train/perplexity", "train/token_accuracy", "train/tokens_per_sec", "val/loss", "val/perplexity",
+                "val/token_accuracy", "data/train_examples", "data/train_truncated", "data/train_dropped"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["val/perplexity"] == pytest.approx(torch.tensor(run.data.metrics["val/loss"]).exp().item(),
+                                                               rel=1e-5)
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "samples"} <= artifacts
+    samples = {a.path for a in c.list_artifacts(run.info.run_id, "samples")}
+    assert samples == {"samples/val_step000002.json", "samples/val_step000004.json"}
+    table = json.loads(Path(c.download_artifacts(run.info.run_id, "samples/val_step000004.json", str(cwd))).read_text())
+    assert len(table["data"]) == 4 and table["columns"] == ["step", "prompt", "response"]
+    config = yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml", str(cwd))).read_text())
+    assert config["model"]["init_args"]["peft"]["r"] == 4
+    # checkpoints live under the run's folder, not the working directory
+    run_dir = cwd / "mlruns" / "runs" / run.info.experiment_id / run.info.run_id
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert tags["export_dir"] == str((run_dir / "export").resolve())
+
+
+def test_export_reloads_and_generates(tiny_run, tiny_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cwd, run = tiny_run
+    export = Path(run.data.tags["export_dir"])
+    tok = AutoTokenizer.from_pretrained(export / "model")
+    merged = AutoModelForCausalLM.from_pretrained(export / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_path)
+    adapted = PeftModel.from_pretrained(base, export / "adapter")
+    ids = tok("Hello there", return_tensors="pt")
+    with torch.no_grad():
+        a = merged(**ids).logits
+        b = adapted(**ids).logits
+    assert torch.allclose(a, b, atol=1e-4)  # merged weights == base + adapter
+    out = merged.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 5 or tok.eos_token_id in out[0].tolist()
+
+
+def test_test_stage_reports_loss_perplexity_and_samples(tiny_run):
+    cwd, run = tiny_run
+    ckpt = cwd / "mlruns" / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt"
+    out = cli(["test", "--config", str(CONFIGS / "tiny.yaml"), "--ckpt_path", str(ckpt)], cwd)
+    assert "test/loss" in out.stdout and "test/perplexity" in out.stdout
+    c = client(cwd)
+    runs = c.search_runs(c.get_experiment_by_name("sft").experiment_id, order_by=["attributes.start_time DESC"])
+    test_run = runs[0]
+    assert "test/loss" in test_run.data.metrics
+    assert any(a.path.startswith("samples/test_") for a in c.list_artifacts(test_run.info.run_id, "samples"))
+
+
+def test_bad_input_stops_before_anything_is_written(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "a", "response": ""}\n')
+    out = cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.train_files", str(bad)], tmp_path, check=False)
+    assert out.returncode != 0
+    assert f"{bad}:2: field 'response': is empty" in out.stderr
+    assert not (tmp_path / "mlruns" / "runs").exists()
+    db = tmp_path / "mlruns" / "mlflow.db"
+    if db.exists():
+        c = client(tmp_path)
+        exp = c.get_experiment_by_name("sft")
+        assert exp is None or not c.search_runs(exp.experiment_id)
+
+
+def test_unknown_template_is_refused(tmp_path):
+    out = cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.template", "vicuna"], tmp_path, check=False)
+    assert out.returncode != 0 and "unknown template 'vicuna'" in out.stderr
+
+
+def test_ddp_two_processes_match_one_process(tmp_path, small_jsonl):
+    """2 CPU processes x batch 4 == 1 process x batch 8: the same global batch gives the same losses and weights."""
+    common = ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.train_files", str(small_jsonl),
+              "--data.template", "basic", "--data.val_fraction", "0", "--trainer.limit_val_batches", "0",
+              "--trainer.max_steps", "3", "--samples.enabled", "false", "--model.init_args.optim.name", "sgd",
+              "--model.init_args.optim.lr", "0.5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    cli(common + ["--data.batch_size", "8"], one)
+    cli(common + ["--data.batch_size", "4", "--trainer.strategy", "ddp", "--trainer.devices", "2"], two)
+    histories, adapters = [], []
+    for cwd in (one, two):
+        c = client(cwd)
+        run = c.search_runs(c.get_experiment_by_name("sft").experiment_id)[0]
+        histories.append([m.value for m in c.get_metric_history(run.info.run_id, "train/loss")])
+        from safetensors.torch import load_file
+
+        adapters.append(load_file(Path(run.data.tags["export_adapter"]) / "adapter_model.safetensors"))
+    assert len(histories[0]) == 3
+    assert histories[0] == pytest.approx(histories[1], abs=1e-5)
+    for k in adapters[0]:
+        assert torch.allclose(adapters[0][k], adapters[1][k], atol=1e-5), k
