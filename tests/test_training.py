@@ -87,26 +87,30 @@ def test_packed_equals_unpacked_per_example(tiny_path, small_jsonl):
 
 @pytest.mark.parametrize("peft", [None, PeftSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"])])
 def test_resume_equals_continuous(tiny_path, small_jsonl, tmp_path, peft):
-    """Stop after 3 steps (mid-epoch: 15 rows at batch 2 make 8 steps per epoch), resume from the checkpoint:
+    """Stop after 3 steps (mid-epoch: 16 rows at batch 2 make 8 steps per epoch), resume from the checkpoint:
     steps 4-10 (crossing the epoch boundary) have the same losses as an uninterrupted run. With LoRA the checkpoint
     holds only the adapters, and dropout's random state is restored."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    def run(max_steps, ckpt_path=None, save=False):
+    class StopAt(L.Callback):  # an interruption: the run is configured for 10 steps
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.global_step == 3
+
+    def run(ckpt_path=None, interrupt=False):
         L.seed_everything(0)
         module = SFTModule(tiny_path, peft=peft, optim=OptimSettings(lr=0.01, warmup_steps=2))
         rec = LossRecorder()
         cbs = [rec]
-        if save:
-            cbs.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1))
-        data = make_data(small_jsonl, tiny_path, batch_size=2, val_fraction=0.0)
-        trainer(max_steps, cbs, enable_checkpointing=save).fit(module, data, ckpt_path=ckpt_path)
+        if interrupt:
+            cbs += [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1), StopAt()]
+        data = make_data(small_jsonl, tiny_path, batch_size=2)
+        trainer(10, cbs, enable_checkpointing=interrupt).fit(module, data, ckpt_path=ckpt_path)
         return rec.losses
 
-    continuous = run(10)
-    first = run(3, save=True)
+    continuous = run()
+    first = run(interrupt=True)
     ckpt = next((tmp_path / "ckpt").glob("*step=3.ckpt"))
-    resumed = run(10, ckpt_path=str(ckpt))
+    resumed = run(ckpt_path=str(ckpt))
     assert first == pytest.approx(continuous[:3], abs=1e-6)
     assert resumed == pytest.approx(continuous[3:], abs=1e-5)
     if peft is not None:

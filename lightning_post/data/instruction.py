@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Optional, Union
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -135,9 +136,8 @@ class InstructionDataModule(L.LightningDataModule):
         groups = pack_greedy([len(e.input_ids) for e in examples], self.hparams.max_length)
         return _Rows([[examples[i] for i in g] for g in groups])
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        if self.splits:
-            return
+    def _read_all(self) -> dict[str, Optional[list[dict]]]:
+        """Read and validate every file (train, val, test); the first bad record raises ``DataError``."""
         hp = self.hparams
         train = load_instruction_records(_as_list(hp.train_files) or [default_instruction_file()])
         if hp.val_files is not None:
@@ -150,9 +150,21 @@ class InstructionDataModule(L.LightningDataModule):
             val = [train[i] for i in sorted(held)]
             train = [r for i, r in enumerate(train) if i not in held]
         test = load_instruction_records(_as_list(hp.test_files)) if hp.test_files is not None else None
-        # every file is read and validated above before anything is tokenised, trained or written
-        self.splits["train"] = self._rows(self.encode(train, "train"))
-        self.splits["val"] = _Rows([[e] for e in self.encode(val, "val")])
+        return {"train": train, "val": val, "test": test}
+
+    def prepare_data(self) -> None:
+        # Lightning calls this before it creates the MLflow run and any folder: validating here means a bad file
+        # stops the run with nothing written.
+        self._records = self._read_all()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        records = getattr(self, "_records", None) or self._read_all()  # other ranks read for themselves
+        self._records = None
+        self.splits["train"] = self._rows(self.encode(records["train"], "train"))
+        self.splits["val"] = _Rows([[e] for e in self.encode(records["val"], "val")])
+        test = records["test"]
         self.splits["test"] = _Rows([[e] for e in self.encode(test, "test")]) if test is not None else self.splits["val"]
         if not self.splits["train"].rows:
             raise ValueError("no training example is left after truncation; raise data.max_length")
@@ -173,7 +185,7 @@ class InstructionDataModule(L.LightningDataModule):
         )
         loader = ResumableLoader(
             self.splits["train"], batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collate,
-            num_workers=hp.num_workers,
+            num_workers=hp.num_workers, generator=self._generator(),
         )
         sampler.skip_batches = completed_batches_in_epoch(trainer, len(loader))
         return loader
@@ -181,8 +193,13 @@ class InstructionDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(
             self.splits[split], batch_size=self.hparams.eval_batch_size, shuffle=False, collate_fn=self._collate,
-            num_workers=self.hparams.num_workers,
+            num_workers=self.hparams.num_workers, generator=self._generator(),
         )
+
+    def _generator(self) -> torch.Generator:
+        # A loader without its own generator draws its worker seed from the global RNG each time it is iterated,
+        # which would shift dropout masks between a resumed and an uninterrupted run.
+        return torch.Generator().manual_seed(self.hparams.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -50,5 +50,7 @@ def completed_batches_in_epoch(trainer: Optional[object], batches_per_epoch: int
     loop = getattr(trainer, "fit_loop", None)
     if loop is None or not loop.restarting:
         return 0
-    done = loop.epoch_loop.batch_progress.current.completed
+    # `processed`, not `completed`: checkpoints written in on_train_batch_end (ModelCheckpoint's every_n_train_steps)
+    # are saved before Lightning marks the batch completed, though its optimizer step is in the checkpoint
+    done = loop.epoch_loop.batch_progress.current.processed
     return 0 if done >= batches_per_epoch else done

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -50,9 +51,11 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
-        # Lightning stores dataclass arguments as dicts in hparams; keep typed copies for the code
+        # typed settings for the code; plain dicts in hparams, so checkpoints load with weights_only=True
         self.peft = PeftSettings(**peft) if isinstance(peft, dict) else peft
         self.optim = OptimSettings(**optim) if isinstance(optim, dict) else optim
+        self.hparams["peft"] = dataclasses.asdict(self.peft) if self.peft is not None else None
+        self.hparams["optim"] = dataclasses.asdict(self.optim)
         self.automatic_optimization = False
         self.model: Optional[torch.nn.Module] = None
         self.tokenizer = None
