@@ -133,3 +133,19 @@ def test_gradient_checkpointing_same_loss_and_gradients(tiny_path, small_jsonl):
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-5)
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_loss_equals_transformers_own_shifted_loss(tiny_path, small_jsonl):
+    """Our response-only loss (logits only at response positions) equals transformers' causal-LM loss, which
+    shifts labels itself and averages over every non-ignored label."""
+    L.seed_everything(0)
+    module = SFTModule(tiny_path)
+    module.configure_model()
+    data = make_data(small_jsonl, tiny_path, shuffle=False)
+    data.setup("fit")
+    batch = data._collate(data.splits["train"].rows[:5])
+    with torch.no_grad():
+        ours = module.micro_step(batch)["loss_sum"] / module.loss_units(batch)
+        theirs = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              labels=batch["labels"]).loss
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)
