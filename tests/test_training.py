@@ -124,6 +124,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(tiny_path, small_jsonl):
         L.seed_everything(0)
         module = SFTModule(tiny_path, gradient_checkpointing=gc)
         module.configure_model()
+        assert module.model.is_gradient_checkpointing == gc and module.model.training
         data = make_data(small_jsonl, tiny_path, shuffle=False)
         data.setup("fit")
         batch = data._collate(data.splits["train"].rows[:4])
