@@ -1,0 +1,33 @@
+"""The bundled datasets load, have the promised coverage, and hold the design document's examples."""
+
+import json
+from collections import Counter
+from importlib import resources
+
+from lightning_post.data.instruction import default_instruction_file
+from lightning_post.data.records import load_instruction_records
+
+
+def test_bundled_instructions():
+    records = load_instruction_records([default_instruction_file()])
+    assert len(records) >= 100
+    raw = [json.loads(line) for line in open(default_instruction_file(), encoding="utf-8")]
+    assert Counter(r["language"] for r in raw) == {"ko": 60, "en": 60}
+    assert set(Counter(r["category"] for r in raw).values()) == {20}
+    instructions = {(r["instruction"], r["input"]) for r in raw}
+    assert ("Python으로 피보나치 수열을 구하는 함수를 작성해주세요.", "") in instructions
+    assert ("다음 문장의 감정을 분석해주세요.", "오늘 날씨가 너무 좋아서 기분이 좋습니다.") in instructions
+    assert any(r["instruction"] == "다음 텍스트를 요약해주세요." and r["input"].startswith("인공지능") for r in raw)
+
+
+def test_bundled_preferences():
+    path = resources.files("lightning_post") / "resources" / "preferences.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 120
+    assert Counter((r["category"], r["language"]) for r in rows) == {
+        (c, lang): 20 for c in ("helpfulness", "harmlessness", "honesty") for lang in ("en", "ko")
+    }
+    assert all(r["prompt"].strip() and r["chosen"].strip() and r["rejected"].strip() for r in rows)
+    assert not any(r["chosen"] == r["rejected"] for r in rows)
+    longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows)
+    assert 40 <= longer <= 80  # length alone does not give the label away
