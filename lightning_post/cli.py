@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lightning_post.callbacks.export import ExportModel
 from lightning_post.callbacks.samples import GenerationSamples
+from lightning_post.callbacks.scores import ScoreWriter
 from lightning_post.tracking import flatten, git_commit, log_text_artifact, mlflow_logger, set_tags
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class MLflowConfig(SaveConfigCallback):
         })
         stats = getattr(trainer.datamodule, "stats", {}) or {}
         metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}
+        invalid = getattr(trainer.datamodule, "invalid", None)
+        if invalid is not None:
+            metrics["data/invalid_pairs"] = float(len(invalid))
         if metrics:
             logger.log_metrics(metrics, step=0)
 
@@ -58,6 +62,7 @@ class PostCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(GenerationSamples, "samples")
         parser.add_lightning_class_args(ExportModel, "export")
+        parser.add_lightning_class_args(ScoreWriter, "scores")
         # the data module tokenises with the model's tokenizer: one value, set once
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer", apply_on="parse")
 

@@ -70,7 +70,7 @@ def test_packed_equals_unpacked_per_example(tiny_path, small_jsonl):
         data = make_data(small_jsonl, tiny_path, packing=packing, shuffle=False, batch_size=64)
         data.setup("fit")
         rows = data.splits["train"].rows
-        batch = data._collate(rows)
+        batch = data.collate(rows)
         if not isolate:
             batch["segment_ids"] = batch["attention_mask"].clone()  # only position ids restart
         with torch.no_grad():
@@ -127,7 +127,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(tiny_path, small_jsonl):
         assert module.model.is_gradient_checkpointing == gc and module.model.training
         data = make_data(small_jsonl, tiny_path, shuffle=False)
         data.setup("fit")
-        batch = data._collate(data.splits["train"].rows[:4])
+        batch = data.collate(data.splits["train"].rows[:4])
         out = module.micro_step(batch)
         out["loss_sum"].backward()
         grads.append((out["loss_sum"].item(), [p.grad.clone() for p in module.model.parameters()]))
@@ -144,7 +144,7 @@ def test_loss_equals_transformers_own_shifted_loss(tiny_path, small_jsonl):
     module.configure_model()
     data = make_data(small_jsonl, tiny_path, shuffle=False)
     data.setup("fit")
-    batch = data._collate(data.splits["train"].rows[:5])
+    batch = data.collate(data.splits["train"].rows[:5])
     with torch.no_grad():
         ours = module.micro_step(batch)["loss_sum"] / module.loss_units(batch)
         theirs = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

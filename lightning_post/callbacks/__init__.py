@@ -1,6 +1,7 @@
-"""Trainer side effects: sample generations, export, MLflow run information."""
+"""Trainer side effects: sample generations, export, reward scores, MLflow run information."""
 
 from lightning_post.callbacks.export import ExportModel
 from lightning_post.callbacks.samples import GenerationSamples
+from lightning_post.callbacks.scores import ScoreWriter
 
-__all__ = ["ExportModel", "GenerationSamples"]
+__all__ = ["ExportModel", "GenerationSamples", "ScoreWriter"]

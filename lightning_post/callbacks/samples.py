@@ -38,7 +38,7 @@ class GenerationSamples(L.Callback):
         self.last: list[dict] = []
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self.enabled or not self.prompts or trainer.sanity_checking:
+        if not self.enabled or not self.prompts or trainer.sanity_checking or not getattr(pl_module, "generates", True):
             return
         data = trainer.datamodule
         # every rank generates (cheap, and keeps collective calls of sharded strategies in step); rank 0 logs

@@ -79,3 +79,33 @@ def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
         width = int(mb["attention_mask"].sum(1).max())
         out.append({k: v[:, :width] for k, v in mb.items()})
     return out
+
+
+def collate_pairs(pairs: Sequence, pad_id: int) -> dict:
+    """Batch preference pairs as one concatenated batch ``[chosen_1..chosen_B; rejected_1..rejected_B]``.
+
+    One forward over the ``(2B, T)`` rows serves both sides; row ``i`` and row ``B + i`` are the two replies of pair
+    ``i``. Per-pair keys (``(B,)``): ``margin``, ``weight`` and ``index`` (position of the pair in its split).
+    """
+    batch = collate_rows([[p.chosen] for p in pairs] + [[p.rejected] for p in pairs], pad_id)
+    batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    batch["weight"] = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
+    batch["index"] = torch.tensor([p.index for p in pairs], dtype=torch.long)
+    return batch
+
+
+PAIR_KEYS = ("margin", "weight", "index")
+
+
+def split_pairs(batch: dict, pairs_per_micro_batch: int) -> list[dict]:
+    """Split a :func:`collate_pairs` batch into micro-batches of whole pairs (each keeps its ``[chosen; rejected]``
+    layout), each trimmed of columns that are all padding."""
+    B = batch["index"].shape[0]
+    out = []
+    for start in range(0, B, pairs_per_micro_batch):
+        stop = min(start + pairs_per_micro_batch, B)
+        rows = torch.cat([torch.arange(start, stop), torch.arange(B + start, B + stop)])
+        mb = {k: (v[start:stop] if k in PAIR_KEYS else v[rows]) for k, v in batch.items()}
+        width = int(mb["attention_mask"].sum(1).max())
+        out.append({k: (v if k in PAIR_KEYS else v[:, :width]) for k, v in mb.items()})
+    return out

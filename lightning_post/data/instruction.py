@@ -8,17 +8,14 @@ import random
 from importlib import resources
 from typing import Optional, Union
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lightning_post.data.collate import collate_rows, pack_greedy
 from lightning_post.data.records import load_instruction_records
-from lightning_post.data.sampling import ResumableLoader, ResumableSampler, completed_batches_in_epoch
-from lightning_post.data.templates import check_template, prompt_text, to_segments
-from lightning_post.data.tokenize import TokenizeStats, Tokenized, tokenize_segments, truncate
-from lightning_post.models.loading import DEFAULT_MODEL, load_tokenizer
+from lightning_post.data.base import PostDataModule, Rows
+from lightning_post.data.templates import check_template, to_segments
+from lightning_post.data.tokenize import TokenizeStats, Tokenized, encode_prompt, tokenize_segments, truncate
+from lightning_post.models.loading import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +31,7 @@ def _as_list(files: Files) -> list[str]:
     return [] if files is None else [files] if isinstance(files, str) else list(files)
 
 
-class _Rows:
-    """Map-style dataset over rows; each row is a list of one (or, packed, several) tokenised examples."""
-
-    def __init__(self, rows: list[list[Tokenized]]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> list[Tokenized]:
-        return self.rows[i]
-
-
-class InstructionDataModule(L.LightningDataModule):
+class InstructionDataModule(PostDataModule):
     """Instruction tuning data: files -> validated records -> template -> tokens with response-only labels.
 
     Every file is validated completely in ``setup`` before training starts; a bad record stops the run with its
@@ -89,22 +73,14 @@ class InstructionDataModule(L.LightningDataModule):
             seed: seed of the validation split and the shuffling.
             num_workers: DataLoader worker processes.
         """
-        super().__init__()
+        super().__init__(tokenizer)
         self.save_hyperparameters()
         check_template(template)
         if truncation not in ("right", "drop"):
             raise ValueError(f"unknown truncation {truncation!r}; choose 'right' or 'drop'")
-        self.tokenizer_name = tokenizer
-        self.tok = None
-        self.splits: dict[str, _Rows] = {}
         self.stats: dict[str, TokenizeStats] = {}
 
     # ---- preparation -------------------------------------------------------------------------------------------
-    def _tokenizer(self):
-        if self.tok is None:
-            self.tok = load_tokenizer(self.tokenizer_name)
-        return self.tok
-
     def encode(self, records: list[dict], split: str) -> list[Tokenized]:
         """Format, tokenise and truncate records; counts go to ``self.stats[split]``."""
         hp, tok = self.hparams, self._tokenizer()
@@ -130,11 +106,11 @@ class InstructionDataModule(L.LightningDataModule):
         self.stats[split] = stats
         return out
 
-    def _rows(self, examples: list[Tokenized]) -> _Rows:
+    def _rows(self, examples: list[Tokenized]) -> Rows:
         if not self.hparams.packing:
-            return _Rows([[e] for e in examples])
+            return Rows([[e] for e in examples])
         groups = pack_greedy([len(e.input_ids) for e in examples], self.hparams.max_length)
-        return _Rows([[examples[i] for i in g] for g in groups])
+        return Rows([[examples[i] for i in g] for g in groups])
 
     def _read_all(self) -> dict[str, Optional[list[dict]]]:
         """Read and validate every file (train, val, test); the first bad record raises ``DataError``."""
@@ -163,60 +139,17 @@ class InstructionDataModule(L.LightningDataModule):
         records = getattr(self, "_records", None) or self._read_all()  # other ranks read for themselves
         self._records = None
         self.splits["train"] = self._rows(self.encode(records["train"], "train"))
-        self.splits["val"] = _Rows([[e] for e in self.encode(records["val"], "val")])
+        self.splits["val"] = Rows([[e] for e in self.encode(records["val"], "val")])
         test = records["test"]
-        self.splits["test"] = _Rows([[e] for e in self.encode(test, "test")]) if test is not None else self.splits["val"]
+        self.splits["test"] = Rows([[e] for e in self.encode(test, "test")]) if test is not None else self.splits["val"]
         if not self.splits["train"].rows:
             raise ValueError("no training example is left after truncation; raise data.max_length")
 
     # ---- loaders -----------------------------------------------------------------------------------------------
-    def _collate(self, rows):
+    def collate(self, rows):
         return collate_rows(rows, self._tokenizer().pad_token_id)
-
-    def train_dataloader(self) -> DataLoader:
-        hp, trainer = self.hparams, self.trainer
-        sampler = ResumableSampler(
-            self.splits["train"],
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
-            shuffle=hp.shuffle,
-            seed=hp.seed,
-            batch_size=hp.batch_size,
-        )
-        loader = ResumableLoader(
-            self.splits["train"], batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collate,
-            num_workers=hp.num_workers, generator=self._generator(),
-        )
-        sampler.skip_batches = completed_batches_in_epoch(trainer, len(loader))
-        return loader
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(
-            self.splits[split], batch_size=self.hparams.eval_batch_size, shuffle=False, collate_fn=self._collate,
-            num_workers=self.hparams.num_workers, generator=self._generator(),
-        )
-
-    def _generator(self) -> torch.Generator:
-        # A loader without its own generator draws its worker seed from the global RNG each time it is iterated,
-        # which would shift dropout masks between a resumed and an uninterrupted run.
-        return torch.Generator().manual_seed(self.hparams.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
 
     # ---- prompts for generation --------------------------------------------------------------------------------
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a generation prompt for a bare request, formatted exactly like training prompts."""
-        tok = self._tokenizer()
-        formatted = prompt_text(text, self.hparams.template, tok)
-        ids = tok(formatted, add_special_tokens=False)["input_ids"]
-        if (
-            tok.bos_token_id is not None
-            and getattr(tok, "add_bos_token", False)
-            and not formatted.startswith(tok.bos_token)
-        ):
-            ids = [tok.bos_token_id] + ids
-        return ids
+        return encode_prompt(text, self.hparams.template, self._tokenizer())

@@ -54,3 +54,22 @@ def completed_batches_in_epoch(trainer: Optional[object], batches_per_epoch: int
     # are saved before Lightning marks the batch completed, though its optimizer step is in the checkpoint
     done = loop.epoch_loop.batch_progress.current.processed
     return 0 if done >= batches_per_epoch else done
+
+
+def resumable_train_loader(dataset, trainer, batch_size: int, shuffle: bool, seed: int, collate_fn, num_workers: int,
+                           generator) -> ResumableLoader:
+    """The training loader every data module uses: seeded, rank-aware, and resumable mid-epoch."""
+    sampler = ResumableSampler(
+        dataset,
+        num_replicas=trainer.world_size if trainer else 1,
+        rank=trainer.global_rank if trainer else 0,
+        shuffle=shuffle,
+        seed=seed,
+        batch_size=batch_size,
+    )
+    loader = ResumableLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=num_workers,
+        generator=generator,
+    )
+    sampler.skip_batches = completed_batches_in_epoch(trainer, len(loader))
+    return loader

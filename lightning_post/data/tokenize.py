@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lightning_post.data.templates import prompt_text
+
 IGNORE_INDEX = -100
 TRUNCATION = ("right", "drop")
 
@@ -82,3 +84,13 @@ def truncate(example: Tokenized, max_length: int, policy: str) -> Tokenized | No
     if all(label == IGNORE_INDEX for label in example.labels[1:]):
         return None
     return example
+
+
+def encode_prompt(text: str, template: str, tokenizer) -> list[int]:
+    """Token ids of a generation prompt for a bare request, formatted and BOS-prefixed exactly like training."""
+    formatted = prompt_text(text, template, tokenizer)
+    ids = tokenizer(formatted, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and getattr(tokenizer, "add_bos_token", False) and not formatted.startswith(tokenizer.bos_token):
+        ids = [bos] + ids
+    return ids

@@ -20,6 +20,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_post.data.collate import attention_bias, split_batch
+from lightning_post.data.tokenize import IGNORE_INDEX
+from lightning_post.losses.logps import sum_by_row
+from lightning_post.losses.sft import token_cross_entropy
 from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from lightning_post.models.peft import PeftSettings, apply_peft, count_parameters
 from lightning_post.optim import OptimSettings, build_optimizer
@@ -36,6 +39,10 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
     """Base of every method. Optimisation is manual so that accumulation is exact (see :meth:`training_step`)."""
 
     method = "base"
+    #: PEFT task type of the trained model (``SEQ_CLS`` keeps a classification head trainable)
+    peft_task = "CAUSAL_LM"
+    #: whether the module can answer prompts (sample generations are skipped otherwise)
+    generates = True
 
     def __init__(
         self,
@@ -66,18 +73,23 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
         if self.model is not None:
             return
         hp = self.hparams
-        model = load_causal_lm(hp.model_name_or_path, hp.dtype, hp.attn_implementation, hp.trust_remote_code)
+        model = self.load_backbone()
         if hp.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        self.model = apply_peft(model, self.peft)
+        self.model = apply_peft(model, self.peft, self.peft_task)
         self.model.train()  # from_pretrained returns eval mode, which would silence dropout (LoRA's too)
         self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         # with PEFT only the adapters train, so checkpoints hold only them (the base is reloaded from its source)
         self.strict_loading = self.peft is None
+
+    def load_backbone(self) -> torch.nn.Module:
+        """The transformers model this method trains (a causal LM unless a method needs another head)."""
+        hp = self.hparams
+        return load_causal_lm(hp.model_name_or_path, hp.dtype, hp.attn_implementation, hp.trust_remote_code)
 
     def parameter_counts(self) -> tuple[int, int]:
         return count_parameters(self.model)
@@ -118,6 +130,18 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
     def lm_head(self) -> torch.nn.Module:
         return unwrap_peft(self.model).get_output_embeddings()
 
+    def reply_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the summed log-probability of its labelled (reply) tokens ``(R,)`` and their count ``(R,)``.
+
+        Logits are computed only where the next token is labelled, so the LM head never sees prompt positions.
+        """
+        targets = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
+        select = targets != IGNORE_INDEX  # (R, T-1)
+        hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
+        token_logps = -token_cross_entropy(self.lm_head()(hidden), targets[select])  # (N,)
+        rows = select.nonzero()[:, 0]  # (N,) row of each selected token
+        return sum_by_row(token_logps, rows, targets.shape[0]), select.sum(1)
+
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
@@ -131,6 +155,14 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
     @abc.abstractmethod
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         """Return ``{"loss_sum": scalar with grad, <stat>_sum: detached scalars}`` for one micro-batch."""
+
+    def batch_items(self, batch: dict) -> int:
+        """Examples in a batch (rows; pairs for preference methods)."""
+        return batch["input_ids"].shape[0]
+
+    def micro_batches(self, batch: dict) -> list[dict]:
+        """Split an optimizer step's batch into micro-batches of ``micro_batch_size`` examples."""
+        return split_batch(batch, self.hparams.micro_batch_size or batch["input_ids"].shape[0])
 
     def _sync_context(self, last: bool):
         """Skip DDP's gradient all-reduce on every micro-batch but the last of the step."""
@@ -153,7 +185,7 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
         units = strategy.reduce(self.loss_units(batch).float(), reduce_op="sum")
         scale = self.trainer.world_size / units.clamp(min=1)
         # step 2: forward/backward per micro-batch
-        micro = split_batch(batch, self.hparams.micro_batch_size or batch["input_ids"].shape[0])
+        micro = self.micro_batches(batch)
         sums: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro):
             with self._sync_context(last=i == len(micro) - 1):
@@ -175,7 +207,7 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
         metrics["train/grad_norm"] = grad_norm
         metrics["train/lr"] = torch.tensor(sched.get_last_lr()[0])
         metrics["train/tokens_per_sec"] = tokens / (time.perf_counter() - start)
-        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self.log_dict(metrics, prog_bar=False, on_step=True, on_epoch=False, batch_size=self.batch_items(batch))
         self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return metrics["train/loss"]
 

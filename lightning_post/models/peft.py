@@ -39,7 +39,7 @@ class PeftSettings:
     """Further keyword arguments passed to the PEFT config class unchanged."""
 
 
-def _lora(model: torch.nn.Module, s: PeftSettings):
+def _lora(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -48,7 +48,7 @@ def _lora(model: torch.nn.Module, s: PeftSettings):
         lora_dropout=s.dropout,
         target_modules=s.target_modules,
         bias=s.bias,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         **s.extra,
     )
     return get_peft_model(model, config)
@@ -58,15 +58,18 @@ def _lora(model: torch.nn.Module, s: PeftSettings):
 PEFT_METHODS: dict[str, Callable] = {"lora": _lora}
 
 
-def apply_peft(model: torch.nn.Module, settings: PeftSettings | None):
-    """Wrap ``model`` with the configured PEFT method; ``None`` returns it unchanged (full fine-tuning)."""
+def apply_peft(model: torch.nn.Module, settings: PeftSettings | None, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` with the configured PEFT method; ``None`` returns it unchanged (full fine-tuning).
+
+    ``task_type`` is PEFT's: ``CAUSAL_LM``, or ``SEQ_CLS`` for reward models (PEFT then trains the new ``score``
+    head in full beside the adapters)."""
     if settings is None:
         return model
     try:
         build = PEFT_METHODS[settings.method]
     except KeyError:
         raise ValueError(f"peft.method={settings.method!r} is unknown; choose one of {sorted(PEFT_METHODS)}") from None
-    return build(model, settings)
+    return build(model, settings, task_type)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -1,0 +1,69 @@
+"""What every data module shares: the tokenizer, seeded loaders, and the resumable training loader."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_post.data.sampling import resumable_train_loader
+from lightning_post.models.loading import load_tokenizer
+
+
+class Rows:
+    """Map-style dataset over prepared examples (rows, pairs, ...)."""
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.rows[i]
+
+
+class PostDataModule(L.LightningDataModule):
+    """Base of the data modules: subclasses fill ``self.splits`` in ``setup`` and define ``collate``.
+
+    Expects hyperparameters ``batch_size``, ``eval_batch_size``, ``shuffle``, ``seed`` and ``num_workers``.
+    """
+
+    def __init__(self, tokenizer: str):
+        super().__init__()
+        self.tokenizer_name = tokenizer
+        self.tok = None
+        self.splits: dict[str, Rows] = {}
+
+    def _tokenizer(self):
+        if self.tok is None:
+            self.tok = load_tokenizer(self.tokenizer_name)
+        return self.tok
+
+    def collate(self, examples: list) -> dict:
+        raise NotImplementedError
+
+    def _generator(self) -> torch.Generator:
+        # A loader without its own generator draws its worker seed from the global RNG each time it is iterated,
+        # which would shift dropout masks between a resumed and an uninterrupted run.
+        return torch.Generator().manual_seed(self.hparams.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return resumable_train_loader(
+            self.splits["train"], self.trainer, hp.batch_size, hp.shuffle, hp.seed, self.collate, hp.num_workers,
+            self._generator(),
+        )
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """Examples of ``split`` in file order."""
+        return DataLoader(
+            self.splits[split], batch_size=self.hparams.eval_batch_size, shuffle=False, collate_fn=self.collate,
+            num_workers=self.hparams.num_workers, generator=self._generator(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_loader("test")
