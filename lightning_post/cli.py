@@ -39,7 +39,7 @@ class MLflowConfig(SaveConfigCallback):
             "method": getattr(pl_module, "method", type(pl_module).__name__),
             "model": getattr(pl_module.hparams, "model_name_or_path", "unknown"),
             "git_commit": git_commit(),
-            "stage": stage,
+            "stage": getattr(stage, "value", stage),
         })
         stats = getattr(trainer.datamodule, "stats", {}) or {}
         metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}

@@ -1,0 +1,109 @@
+"""Reward model and DPO through the command line on the tiny model: MLflow metrics, export, predict, chaining."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONFIGS, write_jsonl
+from tests.test_cli import cli, client
+
+QUICK = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--samples.max_new_tokens", "4"]
+
+
+def only_run(cwd, experiment):
+    c = client(cwd)
+    runs = c.search_runs(c.get_experiment_by_name(experiment).experiment_id, order_by=["attributes.start_time DESC"])
+    return c, runs[0]
+
+
+def test_dpo_fit_logs_trl_metric_names_and_tests(tmp_path):
+    cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), *QUICK], tmp_path)
+    c, run = only_run(tmp_path, "dpo")
+    assert run.data.tags["method"] == "dpo"
+    for split in ("train", "val"):
+        for name in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                     "logps/chosen", "logps/rejected"):
+            assert f"{split}/{name}" in run.data.metrics, f"{split}/{name}"
+    first = c.get_metric_history(run.info.run_id, "train/loss")[0]
+    assert first.step == 0 and first.value == pytest.approx(math.log(2), abs=1e-6)
+    m = run.data.metrics
+    assert m["val/rewards/margins"] == pytest.approx(m["val/rewards/chosen"] - m["val/rewards/rejected"], abs=1e-5)
+    for key in ("data/train_pairs", "data/train_prompt_truncated", "data/train_reply_truncated",
+                "data/train_identical_pairs", "data/invalid_pairs"):
+        assert key in m, key
+    assert Path(run.data.tags["export_adapter"], "adapter_model.safetensors").is_file()
+    ckpt = Path(run.data.tags["export_dir"]).parent / "checkpoints" / "last.ckpt"
+    cli(["test", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--ckpt_path", str(ckpt), "--samples.enabled", "false"],
+        tmp_path)
+    _, test_run = only_run(tmp_path, "dpo")
+    assert test_run.data.tags["stage"] == "test"
+    assert test_run.data.metrics["test/rewards/margins"] == pytest.approx(m["val/rewards/margins"], abs=1e-5)
+
+
+def test_reward_export_scores_pairs_like_transformers(tmp_path):
+    """fit -> export (a sequence-classification model) -> ``predict`` writes a score per record, equal to what
+    transformers' AutoModelForSequenceClassification gives on the same text."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    cli(["fit", "--config", str(CONFIGS / "tiny_reward.yaml"), *QUICK], tmp_path)
+    c, run = only_run(tmp_path, "reward")
+    m = run.data.metrics
+    for key in ("train/loss", "train/accuracy", "train/margin", "train/reward_chosen_mean", "train/reward_chosen_std",
+                "train/reward_rejected_mean", "train/reward_rejected_std", "val/accuracy", "val/margin",
+                "val/reward_chosen_mean", "val/reward_rejected_std"):
+        assert key in m, key
+    assert "samples" not in {a.path for a in c.list_artifacts(run.info.run_id)}  # a reward model does not generate
+    exported = run.data.tags["export_model"]
+    records = [{"prompt": "What is 2+2?", "response": "4"},
+               {"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "Go away."},
+               {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]}]
+    pairs = write_jsonl(tmp_path / "to_score.jsonl", records)
+    out = tmp_path / "scores.jsonl"
+    cli(["predict", "--config", str(CONFIGS / "tiny_reward.yaml"), "--model.init_args.model_name_or_path", exported,
+         "--model.init_args.peft", "null", "--data.init_args.predict_files", str(pairs),
+         "--scores.output_path", str(out)], tmp_path)
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s.get("prompt") for s in scored] == [r.get("prompt") for r in records]
+    assert scored[1]["score_margin"] == pytest.approx(scored[1]["score_chosen"] - scored[1]["score_rejected"])
+    model = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    tok = AutoTokenizer.from_pretrained(exported)
+
+    def hf(prompt, reply):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+                                       tokenize=False)
+        text = text[: text.rindex(tok.eos_token) + len(tok.eos_token)]  # the sequence ends at the reply's EOS
+        with torch.no_grad():
+            return model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+
+    assert scored[0]["score"] == pytest.approx(hf("What is 2+2?", "4"), abs=1e-4)
+    assert scored[1]["score_chosen"] == pytest.approx(hf("Hi", "Hello! How can I help?"), abs=1e-4)
+    assert scored[2]["score"] == pytest.approx(hf("Name a colour.", "Blue."), abs=1e-4)
+
+
+def test_dpo_starts_from_an_sft_export(tmp_path):
+    """Chaining: the SFT export is the DPO policy's start and (adapters disabled) its reference."""
+    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *QUICK], tmp_path)
+    _, sft = only_run(tmp_path, "sft")
+    cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), *QUICK,
+         "--model.init_args.model_name_or_path", sft.data.tags["export_model"]], tmp_path)
+    c, dpo = only_run(tmp_path, "dpo")
+    assert dpo.data.tags["model"] == sft.data.tags["export_model"]
+    assert c.get_metric_history(dpo.info.run_id, "train/loss")[0].value == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_bad_preference_file_stops_before_anything_is_written(tmp_path):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
+                                               {"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}])
+    out = cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--data.init_args.train_files", str(bad)], tmp_path,
+              check=False)
+    assert out.returncode != 0
+    assert f"{bad}:2: field 'margin': must be a finite number" in out.stderr
+    assert not (tmp_path / "mlruns" / "runs").exists()
+    out = cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--model.init_args.loss_type", "nope"], tmp_path,
+              check=False)
+    assert out.returncode != 0 and "loss_type='nope' is unknown" in out.stderr

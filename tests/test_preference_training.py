@@ -1,0 +1,228 @@
+"""RewardModule and DPOModule on a tiny model: forward equivalences, reference model, exact step-0 values."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_post import DPOModule, PeftSettings, PreferenceDataModule, RewardModule
+from lightning_post.data.collate import collate_pairs, collate_rows
+from lightning_post.optim import OptimSettings
+from tests.conftest import write_jsonl
+from tests.test_training import LossRecorder, trainer
+
+LORA = PeftSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def _pairs(weighted: bool) -> list[dict]:
+    words = ["cat", "dog", "sun", "sky", "tree", "rain"]
+    records = [
+        {"prompt": f"Say {w} {n} times.", "chosen": " ".join([w] * n), "rejected": f"No, I will not say {w}."}
+        for n, w in zip(range(1, 13), words * 2)
+    ]
+    if weighted:
+        for n, r in enumerate(records, start=1):
+            r.update(margin=n % 3, weight=1.0 + (n % 2))
+    return records
+
+
+@pytest.fixture
+def pairs_jsonl(tmp_path):
+    """Twelve pairs of varied length."""
+    return write_jsonl(tmp_path / "pairs.jsonl", _pairs(False))
+
+
+@pytest.fixture
+def weighted_jsonl(tmp_path):
+    """The same pairs with margins (0-2) and weights (1 or 2)."""
+    return write_jsonl(tmp_path / "weighted.jsonl", _pairs(True))
+
+
+def data(path, tok, **kw):
+    kw.setdefault("batch_size", 4)
+    return PreferenceDataModule(train_files=str(path), val_files=str(path), tokenizer=tok, template="basic",
+                                max_length=64, min_prompt_length=8, shuffle=False, **kw)
+
+
+def ready(module, dm):
+    module.configure_model()
+    dm.prepare_data()
+    dm.setup("fit")
+    return collate_pairs(dm.splits["train"].rows[:6], dm._tokenizer().pad_token_id)
+
+
+def randomise_lora(module, seed=1):
+    """LoRA B starts at zero (adapters change nothing); give them values so policy != reference."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_concatenated_forward_equals_two_separate_forwards(tiny_path, pairs_jsonl):
+    module = DPOModule(tiny_path, peft=LORA)
+    dm = data(pairs_jsonl, tiny_path)
+    batch = ready(module, dm)
+    randomise_lora(module)
+    pairs = dm.splits["train"].rows[:6]
+    pad = dm._tokenizer().pad_token_id
+    with torch.no_grad():
+        sums, counts = module.reply_logps(batch)
+        c_sums, c_counts = module.reply_logps(collate_rows([[p.chosen] for p in pairs], pad))
+        r_sums, r_counts = module.reply_logps(collate_rows([[p.rejected] for p in pairs], pad))
+    assert torch.equal(counts, torch.cat([c_counts, r_counts]))
+    torch.testing.assert_close(sums, torch.cat([c_sums, r_sums]), atol=1e-5, rtol=0)
+    assert (sums < 0).all()
+
+
+def test_lora_reference_equals_the_base_model(tiny_path, pairs_jsonl):
+    """Adapters disabled == the model loaded without PEFT; and the trained adapters do change the policy."""
+    module = DPOModule(tiny_path, peft=LORA)
+    batch = ready(module, data(pairs_jsonl, tiny_path))
+    randomise_lora(module)
+    base = DPOModule(tiny_path)  # full fine-tuning module: its policy is the plain base model
+    base.configure_model()
+    with torch.no_grad():
+        ref = module.reference_logps(batch)
+        policy = module.reply_logps(batch)[0].chunk(2)
+        plain = base.reply_logps(batch)[0].chunk(2)
+        frozen = base.reference_logps(batch)  # the full-fine-tuning reference: a frozen copy
+    torch.testing.assert_close(ref.chosen, plain[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ref.rejected, plain[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(frozen.chosen, plain[0], atol=1e-6, rtol=0)
+    assert (policy[0] - ref.chosen).abs().max() > 1e-2
+    assert not any(p.requires_grad for p in base._frozen_reference[0].parameters())
+    assert not any("_frozen_reference" in k for k in base.state_dict())
+
+
+def _first_step(module, dm, **trainer_kw):
+    rec = LossRecorder()
+    keys = []
+
+    class Keep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            keys.append({k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+    trainer(trainer_kw.pop("max_steps", 1), [rec, Keep()], **trainer_kw).fit(module, dm)
+    return rec.losses, keys
+
+
+@pytest.mark.parametrize("peft", [LORA, None], ids=["lora", "full"])
+def test_dpo_loss_is_exactly_log2_at_step_0(tiny_path, pairs_jsonl, peft):
+    """Policy == reference at step 0 (LoRA B = 0, or a frozen copy): z = 0, loss = -log sigma(0) = log 2, both
+    implicit rewards 0, so accuracy counts every pair as a tie (0.5) and the margin is 0."""
+    L.seed_everything(0)
+    module = DPOModule(tiny_path, peft=peft, optim=OptimSettings(lr=1e-3))
+    losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path))
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    m = metrics[0]
+    assert m["train/rewards/accuracies"] == 0.5
+    assert m["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert m["train/rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert m["train/logps/chosen"] < 0 and m["train/logps/rejected"] < 0
+
+
+def test_rpo_adds_the_chosen_mean_token_nll(tiny_path, weighted_jsonl):
+    """With rpo_alpha = a, step-0 loss = log 2 + a * mean over pairs of (-log p(chosen) / chosen tokens);
+    pair weights scale only the preference term."""
+    module = DPOModule(tiny_path, peft=LORA, rpo_alpha=0.5)
+    dm = data(weighted_jsonl, tiny_path, batch_size=12)
+    batch = ready(module, dm)
+    with torch.no_grad():
+        losses, policy, ref = module.pair_losses(batch := collate_pairs(dm.splits["train"].rows, 0), "train")
+        sums, counts = module.reply_logps(batch)
+    B = 12
+    nll = -sums[:B] / counts[:B]
+    expected = math.log(2) * batch["weight"] + 0.5 * nll
+    torch.testing.assert_close(losses, expected, atol=1e-5, rtol=0)
+
+
+def test_simpo_makes_no_reference_forward(tiny_path, weighted_jsonl, monkeypatch):
+    """SimPO is reference-free: the step never calls the reference, and its loss is SimPO's formula on the
+    policy's per-token average log-probs: -log sigma(beta (avg_c - avg_r) - gamma)."""
+    module = DPOModule(tiny_path, peft=LORA, loss_type="simpo", beta=2.0, simpo_gamma=0.5)
+    dm = data(weighted_jsonl, tiny_path, batch_size=12)
+    batch = ready(module, dm)
+    monkeypatch.setattr(DPOModule, "reference_logps", lambda *a: pytest.fail("SimPO called the reference"))
+    assert module._frozen_reference == []
+    with torch.no_grad():
+        losses, policy, ref = module.pair_losses(batch, "train")
+        sums, counts = module.reply_logps(batch)
+    assert ref is None
+    avg = sums / counts
+    B = batch["index"].shape[0]
+    expected = -F.logsigmoid(2.0 * (avg[:B] - avg[B:]) - 0.5) * batch["weight"]
+    torch.testing.assert_close(losses, expected, atol=1e-5, rtol=0)
+
+
+def test_precomputed_reference_gives_the_same_run(tiny_path, pairs_jsonl):
+    histories = []
+    for precompute in (False, True):
+        L.seed_everything(0)
+        module = DPOModule(tiny_path, peft=LORA, optim=OptimSettings(lr=5e-3), precompute_ref_logps=precompute)
+        losses, _ = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=3)
+        histories.append(losses)
+        if precompute:
+            assert module._ref_cache["train"].shape == (12, 2)
+    assert histories[0][0] == pytest.approx(math.log(2), abs=1e-6)
+    assert histories[0] == pytest.approx(histories[1], abs=1e-5)
+    assert histories[0][2] < histories[0][0]  # it learns
+
+
+@pytest.mark.parametrize("cls", [DPOModule, RewardModule])
+def test_accumulation_1x4_equals_4x1_pairs(tiny_path, weighted_jsonl, cls):
+    """One optimizer step over 4 pairs: one micro-batch of 4 pairs == 4 micro-batches of 1 pair (SGD weights)."""
+    results = []
+    for micro in (4, 1):
+        L.seed_everything(0)
+        module = cls(tiny_path, peft=LORA, optim=OptimSettings(name="sgd", lr=1.0), micro_batch_size=micro,
+                     gradient_clip_val=None)
+        if cls is DPOModule:
+            module.configure_model()
+            randomise_lora(module)  # so that policy != reference and the loss has a gradient on both factors
+        losses, _ = _first_step(module, data(weighted_jsonl, tiny_path))
+        results.append((losses, {k: v.clone() for k, v in module.model.state_dict().items() if "lora" in k or "score" in k}))
+    (la, wa), (lb, wb) = results
+    assert la == pytest.approx(lb, abs=1e-6)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+def test_reward_is_read_like_transformers_and_loss_is_bradley_terry(tiny_path, weighted_jsonl):
+    """Rewards of a padded [chosen; rejected] batch equal transformers' sequence-classification output on each
+    sequence alone; the step loss is sum_i w_i (-log sigma(r_c - r_r - m_i) + c (r_c + r_r)^2) / B."""
+    module = RewardModule(tiny_path, peft=LORA, center_coef=0.1)
+    dm = data(weighted_jsonl, tiny_path)
+    batch = ready(module, dm)
+    pairs = dm.splits["train"].rows[:6]
+    with torch.no_grad():
+        r = module.rewards(batch)
+        net = module.model
+        alone = [net(input_ids=torch.tensor([ex.input_ids])).logits[0, 0] for ex in
+                 [p.chosen for p in pairs] + [p.rejected for p in pairs]]
+        out = module.micro_step(batch)
+    torch.testing.assert_close(r, torch.stack(alone), atol=1e-5, rtol=0)
+    rc, rr = r.chunk(2)
+    m, w = batch["margin"], batch["weight"]
+    by_hand = sum(
+        w[i].item() * (math.log(1 + math.exp(-(rc[i] - rr[i] - m[i]).item())) + 0.1 * (rc[i] + rr[i]).item() ** 2)
+        for i in range(6)
+    )
+    assert out["loss_sum"].item() == pytest.approx(by_hand, rel=1e-5)
+    assert out["correct_sum"].item() == ((rc > rr).sum() + 0.5 * (rc == rr).sum()).item()
+    # the reward head trains in full beside LoRA
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert any("score" in n for n in trainable) and any("lora_A" in n for n in trainable)
+
+
+def test_reward_model_learns_a_separable_preference(tiny_path, pairs_jsonl):
+    L.seed_everything(0)
+    module = RewardModule(tiny_path, peft=LORA, optim=OptimSettings(lr=2e-2, warmup_steps=0))
+    losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=12)
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+    assert metrics[-1]["train/accuracy"] == 1.0
