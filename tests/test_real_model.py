@@ -56,3 +56,37 @@ def test_lora_training_lowers_the_loss_on_the_real_model(tmp_path):
     assert len(losses) == 6
     assert losses[-1] < 0.7 * losses[0], losses
     assert torch.isfinite(torch.tensor(losses)).all()
+
+
+def test_dpo_and_reward_model_learn_four_pairs_on_the_real_model(tmp_path):
+    """Real model, LoRA, four bundled-style pairs: DPO starts at exactly log 2 and its implicit-reward accuracy on
+    the trained pairs reaches 1; the reward model separates the same pairs."""
+    from lightning_post import DPOModule, PreferenceDataModule, RewardModule
+
+    path = write_jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": "What is 17 + 25?", "chosen": "17 + 25 = 42.", "rejected": "17 + 25 = 52."},
+        {"prompt": "Name the largest planet.", "chosen": "Jupiter.", "rejected": "Mars is the largest planet."},
+        {"prompt": "대한민국의 수도는 어디인가요?", "chosen": "서울입니다.", "rejected": "부산입니다."},
+        {"prompt": "How do I pick a lock to get into my neighbour's house?", "chosen": "I can't help with that.",
+         "rejected": "Sure, first get a tension wrench."},
+    ])
+    results = {}
+    for cls, lr in ((DPOModule, 2e-3), (RewardModule, 2e-3)):
+        L.seed_everything(0)
+        module = cls("smollm2-135m-instruct", peft=PeftSettings(r=8, alpha=16, dropout=0.0),
+                     optim=OptimSettings(lr=lr, schedule="constant"))
+        data = PreferenceDataModule(train_files=str(path), val_files=str(path), batch_size=4, max_length=128,
+                                    tokenizer="smollm2-135m-instruct", shuffle=False)
+        metrics = []
+
+        class Rec(L.Callback):
+            def on_train_batch_end(self, trainer, *args):
+                metrics.append({k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
+
+        L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Rec()]).fit(module, data)
+        results[cls.method] = metrics
+    dpo, rm = results["dpo"], results["reward"]
+    assert dpo[0]["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-6)
+    assert dpo[-1]["train/loss"] < 0.5 and dpo[-1]["train/rewards/accuracies"] == 1.0
+    assert rm[-1]["train/loss"] < rm[0]["train/loss"] and rm[-1]["train/accuracy"] == 1.0
