@@ -172,9 +172,11 @@ class DPOModule(PostTrainingModule):
     def pair_losses(self, batch: dict, split: str) -> tuple[torch.Tensor, PairLogps, Optional[PairLogps]]:
         """Per-pair losses ``(B,)`` with the policy and reference log-probs they were computed from."""
         hp = self.hparams
+        # the no-grad reference forward comes first: a second forward of the same (FSDP-wrapped) layers between the
+        # policy forward and its backward would disturb their backward hooks
+        ref = self._cached_reference(batch, split)
         sums, counts = self.reply_logps(batch)  # (2B,), (2B,)
         policy = pair_logps(sums, counts, self.average_logps)
-        ref = self._cached_reference(batch, split)
         losses = self.loss_fn(
             policy.chosen, policy.rejected,
             ref.chosen if ref is not None else None, ref.rejected if ref is not None else None,
@@ -199,8 +201,8 @@ class DPOModule(PostTrainingModule):
 
     # ---- evaluation --------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, split: str, metrics: tuple[CatMetric, ...]) -> None:
-        policy = pair_logps(*self.reply_logps(batch), self.average_logps)
         ref = self._cached_reference(batch, split)
+        policy = pair_logps(*self.reply_logps(batch), self.average_logps)
         zeros = torch.zeros_like(policy.chosen)
         for metric, value in zip(metrics, (policy.chosen, policy.rejected,
                                            ref.chosen if ref else zeros, ref.rejected if ref else zeros)):

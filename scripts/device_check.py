@@ -1,0 +1,89 @@
+"""GPU checks of every method on the tiny model: one GPU (fp32 and bf16-mixed) and FSDP, against the CPU.
+
+Run on a machine with a GPU (the tiny model must be in $LIGHTNING_POST_CACHE):
+
+    python scripts/device_check.py [--out results.json]
+
+For each case it prints one JSON line: method, strategy, precision, the first losses, and for DPO whether step 0
+is log 2; a case that raises is reported with the end of its traceback and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import traceback
+
+import lightning as L
+import torch
+
+from lightning_post import (DPOModule, InstructionDataModule, PeftSettings, PreferenceDataModule, RewardModule,
+                            SFTModule)
+from lightning_post.optim import OptimSettings
+
+LORA = PeftSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+def fit(cls, accelerator, strategy, precision, peft=LORA, steps=3):
+    metrics = []
+
+    class Rec(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            metrics.append({k: round(v.item(), 6) for k, v in trainer.callback_metrics.items() if k.startswith("train/")
+                            and "per_sec" not in k})
+
+    L.seed_everything(0)
+    module = cls("tiny-llama", peft=peft, optim=OptimSettings(name="sgd", lr=0.5), gradient_clip_val=None,
+                 micro_batch_size=2)
+    if cls is SFTModule:
+        data = InstructionDataModule(tokenizer="tiny-llama", max_length=128, batch_size=4, shuffle=False, val_fraction=0.1)
+    else:
+        data = PreferenceDataModule(tokenizer="tiny-llama", max_length=128, min_prompt_length=32, batch_size=4,
+                                    shuffle=False)
+    trainer = L.Trainer(accelerator=accelerator, devices=1, strategy=strategy, precision=precision, max_steps=steps,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, enable_model_summary=False, callbacks=[Rec()])
+    trainer.fit(module, data)
+    return [m["train/loss"] for m in metrics], [m["train/grad_norm"] for m in metrics]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    def fsdp():  # a strategy object belongs to one Trainer: a new one per case
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+        return L.pytorch.strategies.FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, sharding_strategy="FULL_SHARD",
+                                                 state_dict_type="full")
+
+    cases = []
+    for cls in (SFTModule, RewardModule, DPOModule):
+        cases += [(cls, "cpu", "auto", "32-true", LORA), (cls, "gpu", "auto", "32-true", LORA),
+                  (cls, "gpu", "auto", "bf16-mixed", LORA), (cls, "gpu", fsdp, "bf16-mixed", LORA),
+                  (cls, "gpu", fsdp, "bf16-mixed", None)]
+    cases += [(DPOModule, "gpu", "auto", "32-true", None)]
+    results = []
+    for cls, acc, strategy, precision, peft in cases:
+        row = {"method": cls.method, "accelerator": acc, "strategy": strategy if isinstance(strategy, str) else "fsdp",
+               "precision": precision, "peft": "lora" if peft else "full"}
+        try:
+            losses, norms = fit(cls, acc, strategy if isinstance(strategy, str) else strategy(), precision, peft)
+            row["losses"], row["grad_norms"] = losses, norms
+            if cls is DPOModule:
+                row["step0_is_log2"] = abs(losses[0] - math.log(2)) < 1e-5
+        except Exception as e:  # report and go on with the other cases
+            row["error"] = f"{type(e).__name__}: {e}"[:400]
+            row["traceback"] = traceback.format_exc()[-1500:]
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    if torch.cuda.is_available():
+        print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
