@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from tests.conftest import CONFIGS, write_jsonl
@@ -107,3 +108,12 @@ def test_bad_preference_file_stops_before_anything_is_written(tmp_path):
     out = cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--model.init_args.loss_type", "nope"], tmp_path,
               check=False)
     assert out.returncode != 0 and "loss_type='nope' is unknown" in out.stderr
+
+
+def test_hh_rlhf_overlay_prints_for_both_methods(tmp_path):
+    for method in ("reward", "dpo"):
+        out = cli(["fit", "--config", str(CONFIGS / f"{method}.yaml"), "--config", str(CONFIGS / "data" / "hh_rlhf.yaml"),
+                   "--print_config"], tmp_path)
+        data = yaml.safe_load(out.stdout)["data"]["init_args"]
+        assert data["train_files"].endswith("hh_rlhf_harmless_base_test.jsonl.gz")
+        assert data["val_size"] == 300 and data["skip_invalid"] is True
