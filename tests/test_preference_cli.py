@@ -107,7 +107,7 @@ def test_bad_preference_file_stops_before_anything_is_written(tmp_path):
     assert not (tmp_path / "mlruns" / "runs").exists()
     out = cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--model.init_args.loss_type", "nope"], tmp_path,
               check=False)
-    assert out.returncode != 0 and "loss_type='nope' is unknown" in out.stderr
+    assert out.returncode != 0 and "loss_type 'nope' is unknown" in out.stderr
 
 
 def test_hh_rlhf_overlay_prints_for_both_methods(tmp_path):

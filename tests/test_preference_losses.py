@@ -78,36 +78,125 @@ def test_swapping_chosen_and_rejected_flips_the_margin():
     assert torch.allclose(b - a, beta * Z, atol=1e-6)
 
 
-def trl_1_16(loss_type, pc, pr, rc, rr, beta, label_smoothing, gamma):
-    """TRL 1.16's formulas, restated from its documented DPO/CPO losses:
-    logits = (pc - pr) - (rc - rr)
-    sigmoid: -logsigmoid(beta*logits)*(1-ls) - logsigmoid(-beta*logits)*ls
-    robust:  (-logsigmoid(beta*logits)*(1-ls) + logsigmoid(-beta*logits)*ls) / (1-2*ls)
-    hinge:   relu(1 - beta*logits)
-    ipo:     (logits - 1/(2*beta))**2
+def trl_1_16(loss_type, pc, pr, rc, rr, beta, label_smoothing, gamma, tau=0.05):
+    """TRL 1.16's formulas, restated from DPOTrainer._compute_loss (and CPOTrainer for simpo), with
+    lc = pc - rc, lr = pr - rr, logits = lc - lr, ls = label_smoothing:
+    sigmoid:      -logsigmoid(beta*logits)  (TRL 1.16 applies no label smoothing here; ours adds cDPO's when ls > 0,
+                  -logsigmoid(beta*logits)*(1-ls) - logsigmoid(-beta*logits)*ls, TRL's formula before 1.0)
+    robust:       (-logsigmoid(beta*logits)*(1-ls) + logsigmoid(-beta*logits)*ls) / (1-2*ls)
+    hinge:        relu(1 - beta*logits)
+    ipo:          (logits - 1/(2*beta))**2        (on per-token averages)
+    exo_pair:     qw*(log qw - log1p(-ls)) + ql*(log ql - log ls), qw = sigmoid(beta*logits), ql = sigmoid(-beta*logits)
+    nca_pair:     -logsigmoid(beta*lc) - 0.5*logsigmoid(-beta*lc) - 0.5*logsigmoid(-beta*lr)
+    bco_pair:     -logsigmoid(beta*lc) - logsigmoid(-beta*lr)
+    sppo_hard:    (lc - 0.5/beta)**2 + (lr + 0.5/beta)**2
+    aot:          d = sort(pc - pr) - sort(rc - rr); -logsigmoid(beta*d)*(1-ls) - logsigmoid(-beta*d)*ls
+    aot_unpaired: d = sort(lc) - sort(lr); same
+    apo_zero:     1 - sigmoid(beta*lc) + sigmoid(beta*lr)
+    apo_down:     sigmoid(beta*lc) + 1 - sigmoid(beta*(lc - lr))
+    discopop:     x = beta*logits, m = sigmoid(x/tau); -logsigmoid(x)*(1-m) + exp(-x)*m
+    sigmoid_norm: -logsigmoid(beta*logits)        (on per-token averages)
     simpo (CPOTrainer, loss_type="simpo"): logits = pc - pr - gamma/beta;
-             -logsigmoid(beta*logits)*(1-ls) - logsigmoid(-beta*logits)*ls"""
-    logits = (pc - pr) - (rc - rr)
-    if loss_type == "sigmoid":
-        return -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+                  -logsigmoid(beta*logits)*(1-ls) - logsigmoid(-beta*logits)*ls"""
+    lc, lr = pc - rc, pr - rr
+    logits = lc - lr
+    ls = label_smoothing
+    if loss_type in ("sigmoid", "sigmoid_norm"):
+        return -F.logsigmoid(beta * logits)
     if loss_type == "robust":
-        return (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
-                + F.logsigmoid(-beta * logits) * label_smoothing) / (1 - 2 * label_smoothing)
+        return (-F.logsigmoid(beta * logits) * (1 - ls) + F.logsigmoid(-beta * logits) * ls) / (1 - 2 * ls)
     if loss_type == "hinge":
         return torch.relu(1 - beta * logits)
     if loss_type == "ipo":
         return (logits - 1 / (2 * beta)) ** 2
+    if loss_type == "exo_pair":
+        eps = torch.tensor(ls, dtype=pc.dtype)
+        qw, ql = torch.sigmoid(beta * logits), torch.sigmoid(-beta * logits)
+        return (qw * (F.logsigmoid(beta * logits) - torch.log1p(-eps))
+                + ql * (F.logsigmoid(-beta * logits) - torch.log(eps)))
+    if loss_type == "nca_pair":
+        return -F.logsigmoid(beta * lc) - 0.5 * F.logsigmoid(-beta * lc) - 0.5 * F.logsigmoid(-beta * lr)
+    if loss_type == "bco_pair":
+        return -F.logsigmoid(beta * lc) - F.logsigmoid(-beta * lr)
+    if loss_type == "sppo_hard":
+        return (lc - 0.5 / beta) ** 2 + (lr + 0.5 / beta) ** 2
+    if loss_type in ("aot", "aot_unpaired"):
+        if loss_type == "aot":
+            d = torch.sort(pc - pr, dim=0)[0] - torch.sort(rc - rr, dim=0)[0]
+        else:
+            d = torch.sort(lc, dim=0)[0] - torch.sort(lr, dim=0)[0]
+        return -F.logsigmoid(beta * d) * (1 - ls) - F.logsigmoid(-beta * d) * ls
+    if loss_type == "apo_zero":
+        return 1 - torch.sigmoid(beta * lc) + torch.sigmoid(beta * lr)
+    if loss_type == "apo_down":
+        return torch.sigmoid(beta * lc) + 1 - torch.sigmoid(beta * (lc - lr))
+    if loss_type == "discopop":
+        x = beta * logits
+        m = torch.sigmoid(x / tau)
+        return -F.logsigmoid(x) * (1 - m) + torch.exp(-x) * m
+    assert loss_type == "simpo", loss_type
     logits = (pc - pr) - gamma / beta
-    return -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    return -F.logsigmoid(beta * logits) * (1 - ls) - F.logsigmoid(-beta * logits) * ls
 
 
 @pytest.mark.parametrize("loss_type", sorted(DPO_LOSSES))
 def test_matches_trl_formula(loss_type):
     g = torch.Generator().manual_seed(0)
     pc, pr, rc, rr = (-20 * torch.rand(64, generator=g, dtype=torch.float64) for _ in range(4))
-    for beta, ls, gamma in [(0.1, 0.0, 0.5), (0.5, 0.1, 1.0), (2.0, 0.3, 0.2)]:
-        ours = DPO_LOSSES[loss_type](pc, pr, rc, rr, beta=beta, label_smoothing=ls, gamma=gamma)
-        assert torch.allclose(ours, trl_1_16(loss_type, pc, pr, rc, rr, beta, ls, gamma), atol=1e-6, rtol=0)
+    for beta, ls, gamma, tau in [(0.1, 0.0, 0.5, 0.05), (0.5, 0.1, 1.0, 0.05), (2.0, 0.3, 0.2, 0.5)]:
+        if loss_type in ("sigmoid", "sigmoid_norm"):
+            ls = 0.0  # TRL 1.16 ignores label smoothing for these (ours: cDPO, tested by hand above)
+        if loss_type == "exo_pair" and ls == 0:
+            ls = 1e-3
+        ours = DPO_LOSSES[loss_type](pc, pr, rc, rr, beta=beta, label_smoothing=ls, gamma=gamma, tau=tau)
+        assert torch.allclose(ours, trl_1_16(loss_type, pc, pr, rc, rr, beta, ls, gamma, tau), atol=1e-6, rtol=0)
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+# The pairs above have log-ratios l_c = pc - rc = [1, 0], l_r = pr - rr = [-0.5, 1] and z = [1.5, -1]. beta = 1.
+BY_HAND = {
+    # -log s(l_c) - 1/2 log s(-l_c) - 1/2 log s(-l_r)
+    "nca_pair": [sp(-1) + 0.5 * sp(1) + 0.5 * sp(-0.5), math.log(2) + 0.5 * math.log(2) + 0.5 * sp(1)],
+    # -log s(l_c) - log s(-l_r)
+    "bco_pair": [sp(-1) + sp(-0.5), math.log(2) + sp(1)],
+    # sorted policy margins pc - pr = [2, -1] -> [-1, 2]; sorted reference margins [0.5, 0] -> [0, 0.5]; d = [-1, 1.5]
+    "aot": [sp(1), sp(-1.5)],
+    # sorted l_c = [0, 1], sorted l_r = [-0.5, 1]; d = [0.5, 0]
+    "aot_unpaired": [sp(-0.5), math.log(2)],
+    # 1 - s(l_c) + s(l_r)
+    "apo_zero": [1 - sig(1) + sig(-0.5), 0.5 + sig(1)],
+    # s(l_c) + 1 - s(z)
+    "apo_down": [sig(1) + 1 - sig(1.5), 0.5 + 1 - sig(-1)],
+    # x = z; m = s(x / 0.05) is s(30) ~ 1 and s(-20) ~ 0: almost e^-x for pair 0 and -log s(x) for pair 1
+    "discopop": [(1 - sig(30)) * sp(-1.5) + sig(30) * math.exp(-1.5), (1 - sig(-20)) * sp(1) + sig(-20) * math.exp(1)],
+    # on averages the caller passes, plain -log s(z)
+    "sigmoid_norm": [sp(-1.5), sp(1)],
+}
+
+
+@pytest.mark.parametrize("loss_type", sorted(BY_HAND))
+def test_new_losses_by_hand(loss_type):
+    loss = DPO_LOSSES[loss_type](PC, PR, RC, RR, beta=1.0, tau=0.05)
+    assert loss.tolist() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
+    assert abs(BY_HAND["discopop"][0] - math.exp(-1.5)) < 1e-6  # the blend really is almost the exponential
+
+
+def test_sppo_hard_and_exo_pair_by_hand():
+    """SPPO-hard, beta = 0.5 (so 1/(2 beta) = 1): (l_c - 1)^2 + (l_r + 1)^2 = [0 + 0.25, 1 + 4].
+    EXO, beta = 1, eps = 0.1, pair 1 (z = -1): q_w = s(-1), q_l = s(1):
+    q_w (log q_w - log 0.9) + q_l (log q_l - log 0.1)."""
+    assert DPO_LOSSES["sppo_hard"](PC, PR, RC, RR, beta=0.5).tolist() == pytest.approx([0.25, 5.0], abs=1e-6)
+    qw, ql = sig(-1), sig(1)
+    expected = qw * (math.log(qw) - math.log(0.9)) + ql * (math.log(ql) - math.log(0.1))
+    assert DPO_LOSSES["exo_pair"](PC, PR, RC, RR, beta=1.0, label_smoothing=0.1)[1].item() == pytest.approx(expected, abs=1e-6)
+    # at z = 0 the model's pair distribution is [1/2, 1/2]: KL to [0.9, 0.1] = 1/2 log(1/2/0.9) + 1/2 log(1/2/0.1)
+    zero = DPO_LOSSES["exo_pair"](PC, PR, PC, PR, beta=1.0, label_smoothing=0.1)
+    assert zero.tolist() == pytest.approx([0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)] * 2, abs=1e-6)
+    with pytest.raises(ValueError, match="exo_pair needs"):
+        DPO_LOSSES["exo_pair"](PC, PR, RC, RR, label_smoothing=0.0)
 
 
 def test_bradley_terry_by_hand():

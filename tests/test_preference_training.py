@@ -88,14 +88,13 @@ def test_lora_reference_equals_the_base_model(tiny_path, pairs_jsonl):
     base = DPOModule(tiny_path)  # full fine-tuning module: its policy is the plain base model
     base.configure_model()
     with torch.no_grad():
-        ref = module.reference_logps(batch)
-        policy = module.reply_logps(batch)[0].chunk(2)
-        plain = base.reply_logps(batch)[0].chunk(2)
+        ref = module.reference_logps(batch)  # (2B,) [chosen; rejected]
+        policy = module.reply_logps(batch)[0]
+        plain = base.reply_logps(batch)[0]
         frozen = base.reference_logps(batch)  # the full-fine-tuning reference: a frozen copy
-    torch.testing.assert_close(ref.chosen, plain[0], atol=1e-6, rtol=0)
-    torch.testing.assert_close(ref.rejected, plain[1], atol=1e-6, rtol=0)
-    torch.testing.assert_close(frozen.chosen, plain[0], atol=1e-6, rtol=0)
-    assert (policy[0] - ref.chosen).abs().max() > 1e-2
+    torch.testing.assert_close(ref, plain, atol=1e-6, rtol=0)
+    torch.testing.assert_close(frozen, plain, atol=1e-6, rtol=0)
+    assert (policy - ref).abs().max() > 1e-2
     assert not any(p.requires_grad for p in base._frozen_reference[0].parameters())
     assert not any("_frozen_reference" in k for k in base.state_dict())
 
@@ -226,3 +225,39 @@ def test_reward_model_learns_a_separable_preference(tiny_path, pairs_jsonl):
     losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=12)
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
     assert metrics[-1]["train/accuracy"] == 1.0
+
+
+def test_weighted_combination_of_losses_feeds_each_its_own_log_probs(tiny_path, pairs_jsonl):
+    """loss_type [sigmoid, ipo, discopop] with weights [1, 0.5, 2]: the pair loss is the weighted sum, with IPO on
+    per-token averages and the others on sums (MPO-style mixture)."""
+    from lightning_post.losses.preference import DPO_LOSSES
+
+    module = DPOModule(tiny_path, peft=LORA, loss_type=["sigmoid", "ipo", "discopop"], loss_weights=[1.0, 0.5, 2.0],
+                       beta=0.1, discopop_tau=0.1)
+    batch = ready(module, data(pairs_jsonl, tiny_path))
+    randomise_lora(module)
+    with torch.no_grad():
+        losses, policy, ref = module.pair_losses(batch, "train")
+        sums, counts = module.reply_logps(batch)
+        ref_sums = module.reference_logps(batch)
+    pc, pr = sums.chunk(2)
+    rc, rr = ref_sums.chunk(2)
+    nc, nr = counts.chunk(2)
+    expected = (DPO_LOSSES["sigmoid"](pc, pr, rc, rr, beta=0.1)
+                + 0.5 * DPO_LOSSES["ipo"](pc / nc, pr / nr, rc / nc, rr / nr, beta=0.1)
+                + 2.0 * DPO_LOSSES["discopop"](pc, pr, rc, rr, beta=0.1, tau=0.1))
+    torch.testing.assert_close(losses, expected, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(policy.chosen, pc)  # metrics show what the first loss (sigmoid) sees: sums
+    with pytest.raises(ValueError, match="loss_weights has 1 values for 2 losses"):
+        DPOModule(tiny_path, loss_type=["sigmoid", "ipo"], loss_weights=[1.0])
+    with pytest.raises(ValueError, match="exo_pair needs label_smoothing"):
+        DPOModule(tiny_path, loss_type="exo_pair")
+
+
+@pytest.mark.parametrize("loss_type", ["apo_zero", "sppo_hard", "aot", "sigmoid_norm"])
+def test_every_registered_loss_trains_in_the_module(tiny_path, pairs_jsonl, loss_type):
+    L.seed_everything(0)
+    module = DPOModule(tiny_path, peft=LORA, loss_type=loss_type, optim=OptimSettings(lr=5e-3))
+    losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=2)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert metrics[0]["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # step 0: policy == reference

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torchmetrics import CatMetric
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 
 class PairLogps(NamedTuple):
-    """Log-probabilities of both replies of B pairs, each ``(B,)``, as the loss sees them (summed over reply tokens,
-    or averaged for length-normalised losses)."""
+    """Log-probabilities of both replies of B pairs, each ``(B,)``: summed over reply tokens, or averaged per token
+    for length-normalised losses."""
 
     chosen: torch.Tensor
     rejected: torch.Tensor
@@ -33,6 +33,24 @@ def pair_logps(sums: torch.Tensor, counts: torch.Tensor, average: bool) -> PairL
     values = sums / counts.clamp(min=1) if average else sums
     chosen, rejected = values.chunk(2)
     return PairLogps(chosen, rejected)
+
+
+def combined_preference_loss(
+    loss_types: list[str], loss_weights: list[float], policy_sums: torch.Tensor, ref_sums: Optional[torch.Tensor],
+    counts: torch.Tensor, **settings,
+) -> torch.Tensor:
+    """``sum_k w_k loss_k`` per pair ``(B,)`` (MPO-style mixtures), each loss fed the log-probs it is defined on:
+    summed over reply tokens, or per-token averages for :data:`LENGTH_NORMALISED` losses. ``policy_sums``,
+    ``ref_sums`` and ``counts`` are ``[chosen; rejected]`` rows ``(2B,)``."""
+    total = 0.0
+    for name, weight in zip(loss_types, loss_weights):
+        average = name in LENGTH_NORMALISED
+        policy = pair_logps(policy_sums, counts, average)
+        ref = pair_logps(ref_sums, counts, average) if ref_sums is not None and name not in REFERENCE_FREE else None
+        total = total + weight * DPO_LOSSES[name](
+            policy.chosen, policy.rejected, ref.chosen if ref else None, ref.rejected if ref else None, **settings
+        )
+    return total
 
 
 class DPOModule(PostTrainingModule):
@@ -61,10 +79,12 @@ class DPOModule(PostTrainingModule):
         optim: OptimSettings = OptimSettings(),
         micro_batch_size: Optional[int] = None,
         gradient_clip_val: Optional[float] = 1.0,
-        loss_type: str = "sigmoid",
+        loss_type: Union[str, list[str]] = "sigmoid",
+        loss_weights: Optional[list[float]] = None,
         beta: float = 0.1,
         label_smoothing: float = 0.0,
         simpo_gamma: float = 0.5,
+        discopop_tau: float = 0.05,
         rpo_alpha: Optional[float] = None,
         reference_model: Optional[str] = None,
         precompute_ref_logps: bool = False,
@@ -80,10 +100,15 @@ class DPOModule(PostTrainingModule):
             optim: optimizer and learning-rate schedule.
             micro_batch_size: pairs per forward/backward; the data batch is one optimizer step (``None`` = all).
             gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
-            loss_type: a registered loss: ``sigmoid`` (DPO), ``robust``, ``hinge``, ``ipo``, ``simpo``.
+            loss_type: a registered loss (``sigmoid`` = DPO, ``robust``, ``hinge``, ``ipo``, ``simpo``, ``exo_pair``,
+                ``nca_pair``, ``bco_pair``, ``sppo_hard``, ``aot``, ``aot_unpaired``, ``apo_zero``, ``apo_down``,
+                ``discopop``, ``sigmoid_norm``), or a list of them to combine (MPO-style).
+            loss_weights: weight of each loss in a list (``null`` = 1 each).
             beta: inverse temperature of the implicit reward (IPO's tau; SimPO's beta, typically 2.0).
-            label_smoothing: assumed label-flip rate for ``sigmoid`` (cDPO), ``robust`` and ``simpo``.
+            label_smoothing: assumed label-flip rate for ``sigmoid`` (cDPO), ``robust``, ``simpo``, ``aot*``; the
+                target's mass on the rejected reply for ``exo_pair`` (must be > 0 there, e.g. 1e-3).
             simpo_gamma: SimPO's target reward margin.
+            discopop_tau: temperature of DiscoPOP's blend between its logistic and exponential parts.
             rpo_alpha: weight of an NLL term on the chosen reply (``null`` = none).
             reference_model: a different reference model (folder or id); ``null`` = the starting policy.
             precompute_ref_logps: compute reference log-probabilities once for every train/val pair at the start of
@@ -93,17 +118,25 @@ class DPOModule(PostTrainingModule):
             model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
             micro_batch_size, gradient_clip_val,
         )
-        if loss_type not in DPO_LOSSES:
-            raise ValueError(f"loss_type={loss_type!r} is unknown; choose one of {sorted(DPO_LOSSES)}")
-        self.loss_fn = DPO_LOSSES[loss_type]
-        self.reference_free = loss_type in REFERENCE_FREE
-        self.average_logps = loss_type in LENGTH_NORMALISED
+        self.loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+        unknown = [t for t in self.loss_types if t not in DPO_LOSSES]
+        if unknown or not self.loss_types:
+            names = ", ".join(map(repr, unknown)) or "[]"
+            raise ValueError(f"loss_type {names} is unknown; choose from {sorted(DPO_LOSSES)}")
+        self.loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(self.loss_types)
+        if len(self.loss_weights) != len(self.loss_types):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.loss_types)} losses")
+        if "exo_pair" in self.loss_types and not label_smoothing > 0:
+            raise ValueError("loss_type exo_pair needs label_smoothing > 0 (e.g. 1e-3)")
+        self.reference_free = all(t in REFERENCE_FREE for t in self.loss_types)
+        # metrics show the log-probs as the first loss sees them
+        self.average_logps = self.loss_types[0] in LENGTH_NORMALISED
         self._frozen_reference: list[torch.nn.Module] = []  # a list hides it from state_dict and the optimizer
         self._ref_cache: dict[str, torch.Tensor] = {}  # split -> (n_pairs, 2) reference log-probs
-        self.val_logps = tuple(CatMetric() for _ in range(4))  # policy chosen/rejected, reference chosen/rejected
-        self.test_logps = tuple(CatMetric() for _ in range(4))
-        self.val_pc, self.val_pr, self.val_rc, self.val_rr = self.val_logps
-        self.test_pc, self.test_pr, self.test_rc, self.test_rr = self.test_logps
+        self.val_logps = tuple(CatMetric() for _ in range(3))  # policy sums, reference sums, reply token counts
+        self.test_logps = tuple(CatMetric() for _ in range(3))
+        self.val_policy, self.val_ref, self.val_counts = self.val_logps  # registered as children (device, sync)
+        self.test_policy, self.test_ref, self.test_counts = self.test_logps
 
     # ---- reference ---------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -128,19 +161,19 @@ class DPOModule(PostTrainingModule):
         return self.model.disable_adapter()
 
     @torch.no_grad()
-    def reference_logps(self, batch: dict) -> PairLogps:
+    def reference_logps(self, batch: dict) -> torch.Tensor:
+        """Reference log-probs of every ``[chosen; rejected]`` row, summed over reply tokens ``(2B,)``."""
         with self._reference_context():
-            sums, counts = self.reply_logps(batch)
-        return pair_logps(sums, counts, self.average_logps)
+            return self.reply_logps(batch)[0]
 
-    def _cached_reference(self, batch: dict, split: str) -> Optional[PairLogps]:
+    def _cached_reference(self, batch: dict, split: str) -> Optional[torch.Tensor]:
         if self.reference_free:
             return None
         cache = self._ref_cache.get(split)
         if cache is None:
             return self.reference_logps(batch)
         values = cache.to(batch["index"].device)[batch["index"]]  # (B, 2)
-        return PairLogps(values[:, 0], values[:, 1])
+        return torch.cat([values[:, 0], values[:, 1]])  # (2B,)
 
     def precompute_reference(self, split: str) -> None:
         """Reference log-probs of every pair of ``split``, in dataset order, kept for the rest of the run."""
@@ -149,8 +182,8 @@ class DPOModule(PostTrainingModule):
         out = torch.zeros(len(loader.dataset), 2)
         for batch in tqdm(loader, desc=f"reference log-probs ({split})", disable=not self.trainer.is_global_zero):
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            ref = self.reference_logps(batch)
-            out[batch["index"].cpu()] = torch.stack([ref.chosen, ref.rejected], 1).float().cpu()
+            ref = self.reference_logps(batch).chunk(2)
+            out[batch["index"].cpu()] = torch.stack(ref, 1).float().cpu()
         self._ref_cache[split] = out
 
     def on_fit_start(self) -> None:
@@ -169,23 +202,25 @@ class DPOModule(PostTrainingModule):
     def loss_units(self, batch: dict) -> torch.Tensor:
         return torch.tensor(self.batch_items(batch), device=batch["input_ids"].device)
 
+    def _settings(self) -> dict:
+        hp = self.hparams
+        return {"beta": hp.beta, "label_smoothing": hp.label_smoothing, "gamma": hp.simpo_gamma, "tau": hp.discopop_tau}
+
     def pair_losses(self, batch: dict, split: str) -> tuple[torch.Tensor, PairLogps, Optional[PairLogps]]:
-        """Per-pair losses ``(B,)`` with the policy and reference log-probs they were computed from."""
+        """Per-pair losses ``(B,)`` with the policy and reference log-probs (as the first loss sees them)."""
         hp = self.hparams
         # the no-grad reference forward comes first: a second forward of the same (FSDP-wrapped) layers between the
         # policy forward and its backward would disturb their backward hooks
-        ref = self._cached_reference(batch, split)
+        ref_sums = self._cached_reference(batch, split)  # (2B,) or None
         sums, counts = self.reply_logps(batch)  # (2B,), (2B,)
-        policy = pair_logps(sums, counts, self.average_logps)
-        losses = self.loss_fn(
-            policy.chosen, policy.rejected,
-            ref.chosen if ref is not None else None, ref.rejected if ref is not None else None,
-            beta=hp.beta, label_smoothing=hp.label_smoothing, gamma=hp.simpo_gamma,
-        )
+        losses = combined_preference_loss(self.loss_types, self.loss_weights, sums, ref_sums, counts,
+                                          **self._settings())
         losses = losses * batch["weight"]
         if hp.rpo_alpha:
             B = batch["index"].shape[0]
             losses = losses + hp.rpo_alpha * (-sums[:B] / counts[:B].clamp(min=1))  # chosen mean token NLL
+        policy = pair_logps(sums, counts, self.average_logps)
+        ref = pair_logps(ref_sums, counts, self.average_logps) if ref_sums is not None else None
         return losses, policy, ref
 
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
@@ -202,22 +237,22 @@ class DPOModule(PostTrainingModule):
     # ---- evaluation --------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, split: str, metrics: tuple[CatMetric, ...]) -> None:
         ref = self._cached_reference(batch, split)
-        policy = pair_logps(*self.reply_logps(batch), self.average_logps)
-        zeros = torch.zeros_like(policy.chosen)
-        for metric, value in zip(metrics, (policy.chosen, policy.rejected,
-                                           ref.chosen if ref else zeros, ref.rejected if ref else zeros)):
-            metric.update(value.float())
+        sums, counts = self.reply_logps(batch)
+        for metric, value in zip(metrics, (sums, ref if ref is not None else torch.zeros_like(sums), counts)):
+            metric.update(torch.stack(value.float().chunk(2), 1))  # (B, 2): chosen, rejected
 
     def _eval_epoch_end(self, stage: str, metrics: tuple[CatMetric, ...]) -> dict[str, torch.Tensor]:
-        pc, pr, rc, rr = (m.compute() for m in metrics)
-        hp = self.hparams
-        policy = PairLogps(pc, pr)
-        ref = None if self.reference_free else PairLogps(rc, rr)
-        loss = self.loss_fn(pc, pr, rc if ref else None, rr if ref else None, beta=hp.beta,
-                            label_smoothing=hp.label_smoothing, gamma=hp.simpo_gamma).mean()
-        n = pc.shape[0]
+        # each (N, 2) -> [chosen; rejected] rows (2N,)
+        sums, ref_sums, counts = (torch.cat([v[:, 0], v[:, 1]]) for v in (m.compute() for m in metrics))
+        ref_sums = None if self.reference_free else ref_sums
+        loss = combined_preference_loss(self.loss_types, self.loss_weights, sums, ref_sums, counts,
+                                        **self._settings()).mean()
+        policy = pair_logps(sums, counts, self.average_logps)
+        ref = pair_logps(ref_sums, counts, self.average_logps) if ref_sums is not None else None
+        n = policy.chosen.shape[0]
         values = {f"{stage}/loss": loss}
-        values.update({f"{stage}/{k.removesuffix('_sum')}": v / n for k, v in preference_sums(policy, ref, hp.beta).items()})
+        values.update({f"{stage}/{k.removesuffix('_sum')}": v / n
+                       for k, v in preference_sums(policy, ref, self.hparams.beta).items()})
         for k, v in values.items():
             self.log(k, v, prog_bar=k.endswith(("loss", "accuracies")))
         for m in metrics:
