@@ -96,6 +96,9 @@ def trl_1_16(loss_type, pc, pr, rc, rr, beta, label_smoothing, gamma, tau=0.05):
     apo_down:     sigmoid(beta*lc) + 1 - sigmoid(beta*(lc - lr))
     discopop:     x = beta*logits, m = sigmoid(x/tau); -logsigmoid(x)*(1-m) + exp(-x)*m
     sigmoid_norm: -logsigmoid(beta*logits)        (on per-token averages)
+    orpo (experimental ORPOTrainer.odds_ratio_loss, on averages): log_odds = (pc - pr) - (log1mexp(pc) - log1mexp(pr)),
+                  log1mexp(x) = log(1 - exp(x));
+                  -beta*logsigmoid(log_odds)  (TRL subtracts beta*logsigmoid(log_odds) from its NLL)
     simpo (CPOTrainer, loss_type="simpo"): logits = pc - pr - gamma/beta;
                   -logsigmoid(beta*logits)*(1-ls) - logsigmoid(-beta*logits)*ls"""
     lc, lr = pc - rc, pr - rr
@@ -134,6 +137,9 @@ def trl_1_16(loss_type, pc, pr, rc, rr, beta, label_smoothing, gamma, tau=0.05):
         x = beta * logits
         m = torch.sigmoid(x / tau)
         return -F.logsigmoid(x) * (1 - m) + torch.exp(-x) * m
+    if loss_type == "orpo":
+        log_odds = (pc - pr) - (torch.log1p(-torch.exp(pc)) - torch.log1p(-torch.exp(pr)))
+        return -beta * F.logsigmoid(log_odds)
     assert loss_type == "simpo", loss_type
     logits = (pc - pr) - gamma / beta
     return -F.logsigmoid(beta * logits) * (1 - ls) - F.logsigmoid(-beta * logits) * ls
@@ -182,6 +188,14 @@ def test_new_losses_by_hand(loss_type):
     loss = DPO_LOSSES[loss_type](PC, PR, RC, RR, beta=1.0, tau=0.05)
     assert loss.tolist() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
     assert abs(BY_HAND["discopop"][0] - math.exp(-1.5)) < 1e-6  # the blend really is almost the exponential
+
+
+def test_orpo_by_hand():
+    """Average log-probs a_c = log 0.5, a_r = log 0.25: odds 1 and 1/3, log odds ratio = log 3;
+    loss = -beta log sigma(log 3) = -beta log(3/4)."""
+    pc, pr = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert DPO_LOSSES["orpo"](pc, pr, None, None, beta=0.2).item() == pytest.approx(-0.2 * math.log(0.75), abs=1e-7)
+    assert "orpo" in REFERENCE_FREE
 
 
 def test_sppo_hard_and_exo_pair_by_hand():

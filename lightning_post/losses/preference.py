@@ -148,6 +148,17 @@ def sigmoid_norm_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, 
     return -F.logsigmoid(beta * _z(policy_chosen, policy_rejected, ref_chosen, ref_rejected))
 
 
+def orpo_loss(policy_chosen, policy_rejected, ref_chosen=None, ref_rejected=None, beta=0.1, **_):
+    """ORPO's odds-ratio term (Hong et al. 2024, eq. 6-7), reference-free, on per-token average log-probs ``a``:
+    ``log odds(y) = a - log(1 - e^a)``; loss ``-beta log sigma(log odds(y_c) - log odds(y_r))`` (``beta`` is the
+    paper's lambda). ORPO is this plus the SFT loss on the chosen reply: in DPOModule, ``loss_type: orpo`` with
+    ``rpo_alpha: 1.0``."""
+    log_odds = (policy_chosen - policy_rejected) - (
+        torch.log(-torch.expm1(policy_chosen)) - torch.log(-torch.expm1(policy_rejected))
+    )
+    return -beta * F.logsigmoid(log_odds)
+
+
 #: loss_type -> loss function.
 DPO_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "sigmoid": sigmoid_loss,
@@ -165,11 +176,12 @@ DPO_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "apo_down": apo_down_loss,
     "discopop": discopop_loss,
     "sigmoid_norm": sigmoid_norm_loss,
+    "orpo": orpo_loss,
 }
 #: losses that need no reference model forward
-REFERENCE_FREE = frozenset({"simpo"})
+REFERENCE_FREE = frozenset({"simpo", "orpo"})
 #: losses defined on log-probabilities averaged over reply tokens rather than summed
-LENGTH_NORMALISED = frozenset({"ipo", "simpo", "sigmoid_norm"})
+LENGTH_NORMALISED = frozenset({"ipo", "simpo", "sigmoid_norm", "orpo"})
 
 
 def implicit_rewards(policy_logps: torch.Tensor, ref_logps: Optional[torch.Tensor], beta: float) -> torch.Tensor:
