@@ -21,8 +21,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METRIC = {"reward": "val/accuracy", "dpo": "val/rewards/accuracies"}
-EXTRA = {"reward": ["val/loss", "val/margin"], "dpo": ["val/loss", "val/rewards/margins", "val/logps/chosen"]}
+#: method -> (config, held-out metric, other metrics to report, extra CLI arguments)
+METHODS = {
+    "reward": ("reward", "val/accuracy", ["val/loss", "val/margin"], []),
+    "dpo": ("dpo", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"], []),
+    # ORPO: odds-ratio term + SFT term on the chosen reply, no reference; its implicit reward is beta * mean logp
+    "orpo": ("dpo", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"],
+             ["--model.init_args.loss_type", "orpo", "--model.init_args.rpo_alpha", "1.0",
+              "--model.init_args.beta", "0.1"]),
+}
+RESULTS = ROOT / "benchmarks" / "results" / "heldout.json"
 
 
 def run(cmd: list[str], log: Path) -> float:
@@ -56,9 +64,10 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     results = []
     for method in args.methods:
+        config, metric, extra_metrics, extra_args = METHODS[method]
         experiment = f"heldout-{method}"
         common = [
-            "--config", f"configs/{method}.yaml", "--config", "configs/data/hh_rlhf.yaml",
+            "--config", f"configs/{config}.yaml", "--config", "configs/data/hh_rlhf.yaml", *extra_args,
             "--trainer.logger.init_args.experiment_name", experiment,
             "--data.init_args.max_train_pairs", str(args.train_pairs),
             "--data.init_args.batch_size", str(args.batch_size),
@@ -71,15 +80,21 @@ def main() -> None:
         run_after = latest_run(experiment, tracking)
         after = run_after.data.metrics
         results.append({
-            "method": method, "metric": METRIC[method], "before": before[METRIC[method]], "after": after[METRIC[method]],
-            "extra": {k: (before.get(k), after.get(k)) for k in EXTRA[method]},
+            "method": method, "metric": metric, "before": before[metric], "after": after[metric],
+            "extra": {k: (before.get(k), after.get(k)) for k in extra_metrics},
             "train_pairs": int(after.get("data/train_pairs", 0)), "held_out": int(after.get("data/val_pairs", 0)),
             "invalid_skipped": int(after.get("data/invalid_pairs", 0)), "steps": steps,
             "seconds_validate": round(t_before), "seconds_fit": round(t_after), "run_id": run_after.info.run_id,
             "commands": [" ".join(["lightning-post", *before_cmd[1:]]), " ".join(["lightning-post", *after_cmd[1:]])],
         })
         print(json.dumps(results[-1], indent=1), flush=True)
-    write_report(results, Path(args.out), " ".join([Path(sys.executable).name, *sys.argv]))
+        # every method's latest result is kept, so methods can be measured in separate invocations
+        stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        stored[method] = results[-1]
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(stored, indent=1))
+    stored = json.loads(RESULTS.read_text())
+    write_report(list(stored.values()), Path(args.out), "python benchmarks/heldout_accuracy.py --methods <method>")
 
 
 def write_report(results: list[dict], out: Path, command: str) -> None:
@@ -95,7 +110,8 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
         "- Held-out set: 300 pairs chosen by `data.seed`, never trained on; broken rows of the file are skipped and "
         "counted.",
         "- DPO accuracy is the implicit-reward accuracy `beta*(log pi - log pi_ref)` chosen > rejected, a tie counted "
-        "half: before training the policy is the reference, so every pair ties and it is exactly 0.5.",
+        "half: before training the policy is the reference, so every pair ties and it is exactly 0.5. ORPO has no "
+        "reference: its accuracy compares the policy's mean per-token log-probs of the two replies.",
         f"- Produced by: `{command}`",
         "",
         "| method | metric | before | after | train pairs | steps | held-out pairs | skipped rows | validate s | fit s |",
