@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import CONFIGS, ROOT, write_jsonl
+from tests.conftest import CONFIGS, ROOT
 
 EXE = [sys.executable, "-m", "lightning_post.cli"]
 
