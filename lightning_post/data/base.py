@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import random
+from typing import Optional
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -67,3 +71,19 @@ class PostDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_loader("test")
+
+
+def hold_out(records: list, seed: int, fraction: float, size: Optional[int] = None) -> tuple[list, list]:
+    """Split ``records`` into (train, held-out) by a seeded shuffle: ``size`` records, or ``ceil(fraction * n)``
+    (at least 1 when ``fraction > 0``); both keep file order.
+
+    >>> hold_out(list("abcdef"), seed=0, fraction=0.34)
+    (['a', 'd', 'f'], ['b', 'c', 'e'])
+    """
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n = size if size is not None else (max(1, math.ceil(len(records) * fraction)) if fraction > 0 else 0)
+    if n >= len(records) and records:
+        raise ValueError(f"holding out {n} of {len(records)} records leaves nothing to train on")
+    held = set(order[:n])
+    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]

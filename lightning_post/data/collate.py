@@ -77,7 +77,7 @@ def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
     for start in range(0, B, micro_batch_size):
         mb = {k: v[start : start + micro_batch_size] for k, v in batch.items()}
         width = int(mb["attention_mask"].sum(1).max())
-        out.append({k: v[:, :width] for k, v in mb.items()})
+        out.append({k: v[:, :width] if v.dim() == 2 else v for k, v in mb.items()})  # 1D keys are per row
     return out
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import random
 from importlib import resources
 from typing import Optional, Union
 
@@ -12,7 +10,7 @@ from tqdm.auto import tqdm
 
 from lightning_post.data.collate import collate_rows, pack_greedy
 from lightning_post.data.records import load_instruction_records
-from lightning_post.data.base import PostDataModule, Rows
+from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.templates import check_template, to_segments
 from lightning_post.data.tokenize import TokenizeStats, Tokenized, encode_prompt, tokenize_segments, truncate
 from lightning_post.models.loading import DEFAULT_MODEL
@@ -119,12 +117,7 @@ class InstructionDataModule(PostDataModule):
         if hp.val_files is not None:
             val = load_instruction_records(_as_list(hp.val_files))
         else:
-            order = list(range(len(train)))
-            random.Random(hp.seed).shuffle(order)
-            n_val = max(1, math.ceil(len(train) * hp.val_fraction)) if hp.val_fraction > 0 else 0
-            held = set(order[:n_val])
-            val = [train[i] for i in sorted(held)]
-            train = [r for i, r in enumerate(train) if i not in held]
+            train, val = hold_out(train, hp.seed, hp.val_fraction)
         test = load_instruction_records(_as_list(hp.test_files)) if hp.test_files is not None else None
         return {"train": train, "val": val, "test": test}
 

@@ -7,8 +7,6 @@ in :mod:`lightning_post.data.pairs`.
 from __future__ import annotations
 
 import logging
-import math
-import random
 from importlib import resources
 from typing import Any, Optional
 
@@ -17,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lightning_post.data.collate import collate_pairs, collate_rows
-from lightning_post.data.base import PostDataModule, Rows
+from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.instruction import Files, _as_list
 from lightning_post.data.pairs import (
     PairExample,
@@ -154,17 +152,7 @@ class PreferenceDataModule(PostDataModule):
         if hp.val_files is not None:
             val = load_preference_records(_as_list(hp.val_files), skipped)
         else:
-            order = list(range(len(train)))
-            random.Random(hp.seed).shuffle(order)
-            if hp.val_size is not None:
-                n_val = hp.val_size
-            else:
-                n_val = max(1, math.ceil(len(train) * hp.val_fraction)) if hp.val_fraction > 0 else 0
-            if n_val >= len(train):
-                raise ValueError(f"holding out {n_val} of {len(train)} pairs leaves nothing to train on")
-            held = set(order[:n_val])
-            val = [train[i] for i in sorted(held)]
-            train = [r for i, r in enumerate(train) if i not in held]
+            train, val = hold_out(train, hp.seed, hp.val_fraction, hp.val_size)
         if hp.max_train_pairs is not None:
             train = train[: hp.max_train_pairs]
         test = load_preference_records(_as_list(hp.test_files), skipped) if hp.test_files is not None else None

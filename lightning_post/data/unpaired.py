@@ -9,15 +9,20 @@ Batches (see :func:`collate_unpaired`) hold the B examples and, under ``kl_*`` k
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
+from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.collate import collate_rows
-from lightning_post.data.pairs import normalize_preference_record, truncate_pair
-from lightning_post.data.records import DataError
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized
+from lightning_post.data.instruction import Files, _as_list
+from lightning_post.data.pairs import normalize_preference_record, reply_segments, split_prompt_reply, truncate_pair
+from lightning_post.data.records import DataError, raw_records
+from lightning_post.data.templates import check_template
+from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, encode_prompt, tokenize_segments
+from lightning_post.models.loading import DEFAULT_MODEL
 
 
 def normalize_unpaired_record(record: Any, where: str) -> dict[str, Any]:
@@ -72,3 +77,111 @@ def collate_unpaired(examples: Sequence[UnpairedExample], pad_id: int, max_lengt
     batch["desirable"] = torch.tensor([e.desirable for e in examples])
     batch["index"] = torch.tensor([e.index for e in examples])
     return batch
+
+
+# ---- the data module ---------------------------------------------------------------------------------------------
+log = logging.getLogger(__name__)
+
+
+def unpaired_from_pairs(path: str) -> list[dict]:
+    """Each preference pair as two unpaired examples: chosen desirable, rejected undesirable (the bundled default)."""
+    out = []
+    for _, pair in raw_records(path, normalize_preference_record):
+        out += [{"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"], "completion": pair["chosen"], "label": True},
+                {"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"], "completion": pair["rejected"],
+                 "label": False}]
+    return out
+
+
+class UnpairedDataModule(PostDataModule):
+    """KTO data: ``{"prompt", "completion", "label"}`` files (e.g. ``lightning-post-feedback``'s ``unpaired.jsonl``)
+    -> tokens; batches carry the mismatched KL rows (see :func:`collate_unpaired`). A malformed row stops the run
+    with file, line and field before anything is written."""
+
+    def __init__(
+        self,
+        train_files: Files = None,
+        val_files: Files = None,
+        test_files: Files = None,
+        val_fraction: float = 0.1,
+        template: str = "chat",
+        tokenizer: str = DEFAULT_MODEL,
+        max_length: int = 512,
+        min_prompt_length: int = 64,
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            train_files: unpaired JSON/JSONL/parquet files; ``None`` = the bundled preference pairs, each split into
+                a desirable (chosen) and an undesirable (rejected) example.
+            val_files: validation files; ``None`` = hold out ``val_fraction`` of the training examples.
+            test_files: test files for ``lightning-post test``; ``None`` = the validation split.
+            val_fraction: share of training examples held out when ``val_files`` is not given.
+            template: ``chat`` or any SFT template (``raw`` keeps the record's own text).
+            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
+            max_length: longest prompt + completion; longer examples lose prompt tokens from the left first.
+            min_prompt_length: prompt tokens always kept when truncating.
+            batch_size: examples per optimizer step per device (also the group the KL rows are drawn from).
+            eval_batch_size: examples per validation/test batch.
+            shuffle: shuffle training examples each epoch (seeded).
+            seed: seed of the validation split and the shuffling.
+            num_workers: DataLoader worker processes.
+        """
+        super().__init__(tokenizer)
+        self.save_hyperparameters()
+        check_template(template)
+        if not 0 < min_prompt_length < max_length:
+            raise ValueError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
+        self.stats: dict = {}
+
+    def _load(self, files: Files) -> list[dict]:
+        return [rec for path in _as_list(files) for _, rec in raw_records(path, normalize_unpaired_record)]
+
+    def _read_all(self) -> dict[str, Optional[list[dict]]]:
+        from lightning_post.data.preference import default_preference_file
+
+        hp = self.hparams
+        train = self._load(hp.train_files) if hp.train_files is not None else unpaired_from_pairs(default_preference_file())
+        if hp.val_files is not None:
+            val = self._load(hp.val_files)
+        else:
+            train, val = hold_out(train, hp.seed, hp.val_fraction)
+        test = self._load(hp.test_files) if hp.test_files is not None else None
+        return {"train": train, "val": val, "test": test}
+
+    def encode(self, records: list[dict]) -> list[UnpairedExample]:
+        hp, tok = self.hparams, self._tokenizer()
+        out = []
+        for i, rec in enumerate(records):
+            prompt_text, reply_text = reply_segments(rec["prompt"], rec["raw_prompt"], rec["completion"], hp.template, tok)
+            prompt, completion = split_prompt_reply(
+                tokenize_segments([(prompt_text, False), (reply_text, True)], tok, hp.template == "chat"))
+            out.append(UnpairedExample(prompt, completion, rec["label"], i))
+        return out
+
+    def prepare_data(self) -> None:
+        self._records = self._read_all()  # validated before the MLflow run exists
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if "train" in self.splits:
+            return
+        records = getattr(self, "_records", None) or self._read_all()
+        self._records = None
+        for split in ("train", "val", "test"):
+            if records[split] is not None:
+                self.splits[split] = Rows(self.encode(records[split]))
+        self.splits.setdefault("test", self.splits["val"])
+        n = len(records["train"])
+        good = sum(r["label"] for r in records["train"])
+        log.info("train: %d unpaired examples, %d desirable, %d undesirable", n, good, n - good)
+
+    def collate(self, examples: list[UnpairedExample]) -> dict:
+        hp, tok = self.hparams, self._tokenizer()
+        return collate_unpaired(examples, tok.pad_token_id, hp.max_length, hp.min_prompt_length, tok.bos_token_id)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return encode_prompt(text, self.hparams.template, self._tokenizer())

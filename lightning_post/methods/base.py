@@ -156,6 +156,9 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         """Return ``{"loss_sum": scalar with grad, <stat>_sum: detached scalars}`` for one micro-batch."""
 
+    def prepare_step(self, batch: dict) -> None:
+        """Work on the whole step's batch before its micro-batches (KTO: the KL reference point)."""
+
     def batch_items(self, batch: dict) -> int:
         """Examples in a batch (rows; pairs for preference methods)."""
         return batch["input_ids"].shape[0]
@@ -185,6 +188,7 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
         units = strategy.reduce(self.loss_units(batch).float(), reduce_op="sum")
         scale = self.trainer.world_size / units.clamp(min=1)
         # step 2: forward/backward per micro-batch
+        self.prepare_step(batch)
         micro = self.micro_batches(batch)
         sums: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import NamedTuple, Optional, Union
 
@@ -13,7 +12,8 @@ from tqdm.auto import tqdm
 from lightning_post.data.collate import split_pairs
 from lightning_post.losses.preference import DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, implicit_rewards
 from lightning_post.methods.base import PostTrainingModule
-from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm
+from lightning_post.methods.reference import ReferenceModelMixin
+from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
 from lightning_post.optim import OptimSettings
 
@@ -53,7 +53,7 @@ def combined_preference_loss(
     return total
 
 
-class DPOModule(PostTrainingModule):
+class DPOModule(ReferenceModelMixin, PostTrainingModule):
     """Preference optimisation against a reference model, with the loss selected by ``loss_type``.
 
     Each step, for B pairs batched as ``[chosen; rejected]``:
@@ -143,28 +143,9 @@ class DPOModule(PostTrainingModule):
         if self.model is not None:
             return
         super().configure_model()
-        hp = self.hparams
-        if self.reference_free:
-            return
-        if hp.reference_model is not None:
-            ref = load_causal_lm(hp.reference_model, hp.dtype, hp.attn_implementation, hp.trust_remote_code)
-        elif self.peft is None:  # full fine-tuning: a frozen copy of the starting weights
-            ref = load_causal_lm(hp.model_name_or_path, hp.dtype, hp.attn_implementation, hp.trust_remote_code)
-        else:
-            return  # LoRA: the same network with its adapters disabled
-        self._frozen_reference = [ref.eval().requires_grad_(False)]
-
-    def _reference_context(self):
-        """Context in which ``forward_hidden`` computes the reference model's hidden states."""
-        if self._frozen_reference:
-            return _swap_model(self, self._frozen_reference[0].to(self.device))
-        return self.model.disable_adapter()
-
-    @torch.no_grad()
-    def reference_logps(self, batch: dict) -> torch.Tensor:
-        """Reference log-probs of every ``[chosen; rejected]`` row, summed over reply tokens ``(2B,)``."""
-        with self._reference_context():
-            return self.reply_logps(batch)[0]
+        self._frozen_reference = []
+        if not self.reference_free:
+            self.setup_reference()
 
     def _cached_reference(self, batch: dict, split: str) -> Optional[torch.Tensor]:
         if self.reference_free:
@@ -287,14 +268,3 @@ def preference_sums(policy: PairLogps, ref: Optional[PairLogps], beta: float) ->
         "logps/chosen_sum": policy.chosen.detach().sum(),
         "logps/rejected_sum": policy.rejected.detach().sum(),
     }
-
-
-@contextlib.contextmanager
-def _swap_model(module: PostTrainingModule, other: torch.nn.Module):
-    """Temporarily make ``module.model`` another network (the frozen reference) without registering it."""
-    own = module.__dict__["_modules"]["model"]
-    module.__dict__["_modules"]["model"] = other
-    try:
-        yield
-    finally:
-        module.__dict__["_modules"]["model"] = own

@@ -1,0 +1,184 @@
+"""KTOModule: learning from unpaired desirable / undesirable examples (thumbs up / down) against a reference."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torchmetrics import SumMetric
+
+from lightning_post.data.collate import split_batch
+from lightning_post.losses.kto import KTO_LOSSES, NEEDS_KL, kto_kl_estimate
+from lightning_post.methods.base import PostTrainingModule
+from lightning_post.methods.reference import ReferenceModelMixin
+from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.models.peft import PeftSettings
+from lightning_post.optim import OptimSettings
+
+KL_PREFIX = "kl_"
+
+
+def kl_rows(batch: dict) -> dict:
+    """The mismatched ``prompt_i + completion_j`` rows of an unpaired batch, as a batch of their own."""
+    return {k[len(KL_PREFIX):]: v for k, v in batch.items() if k.startswith(KL_PREFIX)}
+
+
+class KTOModule(ReferenceModelMixin, PostTrainingModule):
+    """KTO (Ethayarajh et al. 2024) over batches from :class:`~lightning_post.data.unpaired.UnpairedDataModule`.
+
+    Each optimizer step:
+
+    1. the reference point ``z0``: log-ratios ``log pi - log pi_ref`` of the batch's mismatched rows
+       ``prompt_i + completion_{i+1}``, averaged over every device, clamped at 0, without gradient (computed once for
+       the whole step, so accumulation does not change it);
+    2. per micro-batch, the log-ratio ``r`` of each example's completion (reference without gradient);
+    3. per example ``KTO_LOSSES[loss_type]``: desirable ``w_D (1 - sigma(beta (r - z0)))``, undesirable
+       ``w_U (1 - sigma(beta (z0 - r)))``; the step loss is their mean.
+    """
+
+    method = "kto"
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_MODEL,
+        dtype: str = "float32",
+        attn_implementation: Optional[str] = "sdpa",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        peft: Optional[PeftSettings] = None,
+        optim: OptimSettings = OptimSettings(),
+        micro_batch_size: Optional[int] = None,
+        gradient_clip_val: Optional[float] = 1.0,
+        loss_type: str = "kto",
+        beta: float = 0.1,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        reference_model: Optional[str] = None,
+    ):
+        """
+        Args:
+            model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of the policy's starting point.
+            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
+            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2``.
+            gradient_checkpointing: recompute activations in backward to save memory.
+            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
+            peft: parameter-efficient method (LoRA, ...); the reference is then the same network, adapters off.
+            optim: optimizer and learning-rate schedule.
+            micro_batch_size: examples per forward/backward; the data batch is one optimizer step (``None`` = all).
+            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
+            loss_type: ``kto`` or ``apo_zero_unpaired`` (no reference point).
+            beta: inverse temperature of the implicit reward.
+            desirable_weight: weight of desirable examples (the paper keeps ``w_D n_D / (w_U n_U)`` in [1, 4/3]).
+            undesirable_weight: weight of undesirable examples.
+            reference_model: a different reference model (folder or id); ``null`` = the starting policy.
+        """
+        super().__init__(
+            model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
+            micro_batch_size, gradient_clip_val,
+        )
+        if loss_type not in KTO_LOSSES:
+            raise ValueError(f"loss_type {loss_type!r} is unknown; choose from {sorted(KTO_LOSSES)}")
+        self.loss_fn = KTO_LOSSES[loss_type]
+        self.needs_kl = loss_type in NEEDS_KL
+        self._frozen_reference: list[torch.nn.Module] = []
+        self._z0 = torch.tensor(0.0)
+        names = ("loss", "count", "chosen", "n_chosen", "rejected", "n_rejected", "correct")
+        self.val_sums = {n: SumMetric() for n in names}
+        self.test_sums = {n: SumMetric() for n in names}
+        for n in names:  # registered as children: moved to the device and summed over processes
+            setattr(self, f"val_{n}", self.val_sums[n])
+            setattr(self, f"test_{n}", self.test_sums[n])
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        super().configure_model()
+        self.setup_reference()
+
+    # ---- the reference point -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reference_point(self, batch: dict) -> torch.Tensor:
+        """``z0`` from the batch's mismatched rows, averaged over every device (step 1)."""
+        if not self.needs_kl:
+            return torch.tensor(0.0, device=self.device)
+        rows = kl_rows(batch)
+        policy = self.reply_logps(rows)[0]
+        ref = self.reference_logps(rows)
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        total, count = (policy - ref).sum(), torch.tensor(float(policy.shape[0]), device=policy.device)
+        if strategy is not None:
+            total, count = strategy.reduce(total, reduce_op="sum"), strategy.reduce(count, reduce_op="sum")
+        return kto_kl_estimate(total / count, torch.zeros((), device=total.device))
+
+    def prepare_step(self, batch: dict) -> None:
+        self._z0 = self.reference_point(batch)
+
+    # ---- training ----------------------------------------------------------------------------------------------
+    def micro_batches(self, batch: dict) -> list[dict]:
+        own = {k: v for k, v in batch.items() if not k.startswith(KL_PREFIX)}  # KL rows were used in prepare_step
+        return split_batch(own, self.hparams.micro_batch_size or own["input_ids"].shape[0])
+
+    def loss_units(self, batch: dict) -> torch.Tensor:
+        return torch.tensor(batch["input_ids"].shape[0], device=batch["input_ids"].device)
+
+    def example_losses(self, batch: dict, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example losses ``(B,)`` and log-ratios ``r`` ``(B,)`` (steps 2-3)."""
+        hp = self.hparams
+        ref = self.reference_logps(batch)
+        policy = self.reply_logps(batch)[0]
+        losses = self.loss_fn(policy, ref, batch["desirable"], z0, beta=hp.beta,
+                              desirable_weight=hp.desirable_weight, undesirable_weight=hp.undesirable_weight)
+        return losses, (policy - ref).detach()
+
+    def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
+        losses, r = self.example_losses(micro_batch, self._z0)
+        d = micro_batch["desirable"]
+        beta = self.hparams.beta
+        return {
+            "loss_sum": losses.sum(),
+            "chosen_sum": beta * r[d].sum(), "n_chosen_sum": d.sum().float(),
+            "rejected_sum": beta * r[~d].sum(), "n_rejected_sum": (~d).sum().float(),
+        }
+
+    def step_metrics(self, totals: dict[str, torch.Tensor], units: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            "train/loss": totals["loss_sum"] / units.clamp(min=1),
+            "train/kl": self._z0,
+            "train/rewards/chosen": totals["chosen_sum"] / totals["n_chosen_sum"].clamp(min=1),
+            "train/rewards/rejected": totals["rejected_sum"] / totals["n_rejected_sum"].clamp(min=1),
+        }
+
+    # ---- evaluation --------------------------------------------------------------------------------------------
+    def _eval_step(self, batch: dict, sums: dict) -> None:
+        z0 = self.reference_point(batch)
+        losses, r = self.example_losses(batch, z0)
+        d, beta = batch["desirable"], self.hparams.beta
+        # an example is "right" when its implicit reward is on its label's side of the reference point
+        correct = torch.where(d, r > z0, r < z0).float()
+        for name, value in (("loss", losses.sum()), ("count", float(d.shape[0])), ("chosen", beta * r[d].sum()),
+                            ("n_chosen", d.sum().float()), ("rejected", beta * r[~d].sum()),
+                            ("n_rejected", (~d).sum().float()), ("correct", correct.sum())):
+            sums[name].update(value)
+
+    def _eval_epoch_end(self, stage: str, sums: dict) -> None:
+        v = {n: m.compute() for n, m in sums.items()}
+        self.log_dict({
+            f"{stage}/loss": v["loss"] / v["count"].clamp(min=1),
+            f"{stage}/rewards/chosen": v["chosen"] / v["n_chosen"].clamp(min=1),
+            f"{stage}/rewards/rejected": v["rejected"] / v["n_rejected"].clamp(min=1),
+            f"{stage}/rewards/accuracies": v["correct"] / v["count"].clamp(min=1),
+        }, prog_bar=stage == "val")
+        for m in sums.values():
+            m.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_sums)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_sums)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_sums)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_sums)

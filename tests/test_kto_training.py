@@ -1,0 +1,88 @@
+"""KTOModule on the tiny model: exact step-0 values, the reference point, accumulation, the command line."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_post import KTOModule, PeftSettings, UnpairedDataModule
+from lightning_post.losses.kto import kto_kl_estimate
+from lightning_post.optim import OptimSettings
+from tests.conftest import CONFIGS, write_jsonl
+from tests.test_cli import cli, client
+from tests.test_preference_training import _first_step, randomise_lora
+
+LORA = PeftSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+
+
+@pytest.fixture
+def unpaired_jsonl(tmp_path):
+    words = ["cat", "dog", "sun", "sky", "tree", "rain"]
+    records = []
+    for n, w in zip(range(1, 9), words * 2):
+        records.append({"prompt": f"Say {w} {n} times.", "completion": " ".join([w] * n), "label": True})
+        records.append({"prompt": f"Say {w} {n} times.", "completion": f"No, I will not say {w}.", "label": False})
+    return write_jsonl(tmp_path / "kto.jsonl", records)
+
+
+def data(path, tok, **kw):
+    kw.setdefault("batch_size", 8)
+    return UnpairedDataModule(train_files=str(path), val_files=str(path), tokenizer=tok, template="basic",
+                              max_length=64, min_prompt_length=8, shuffle=False, **kw)
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.33, 0.5)])
+def test_step0_loss_is_half_the_mean_weight(tiny_path, unpaired_jsonl, weights):
+    """Policy == reference at step 0: r = 0 and z0 = 0, so each example costs w / 2."""
+    L.seed_everything(0)
+    module = KTOModule(tiny_path, peft=LORA, desirable_weight=weights[0], undesirable_weight=weights[1])
+    losses, metrics = _first_step(module, data(unpaired_jsonl, tiny_path))
+    assert losses[0] == pytest.approx(0.5 * (weights[0] + weights[1]) / 2, abs=1e-6)  # 4 desirable, 4 undesirable
+    assert metrics[0]["train/kl"] == 0.0 and metrics[0]["train/rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reference_point_uses_the_mismatched_rows(tiny_path, unpaired_jsonl):
+    module = KTOModule(tiny_path, peft=LORA)
+    module.configure_model()
+    dm = data(unpaired_jsonl, tiny_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = dm.collate(dm.splits["train"].rows[:6])
+    randomise_lora(module)
+    with torch.no_grad():
+        rows = {k[3:]: v for k, v in batch.items() if k.startswith("kl_")}
+        by_hand = kto_kl_estimate(module.reply_logps(rows)[0], module.reference_logps(rows))
+    assert module.reference_point(batch).item() == pytest.approx(by_hand.item(), abs=1e-6)
+    assert batch["kl_input_ids"].shape[0] == 6 and by_hand.item() > 0
+
+
+def test_accumulation_1x8_equals_8x1(tiny_path, unpaired_jsonl):
+    results = []
+    for micro in (8, 1):
+        L.seed_everything(0)
+        module = KTOModule(tiny_path, peft=LORA, optim=OptimSettings(name="sgd", lr=1.0), micro_batch_size=micro,
+                           gradient_clip_val=None)
+        module.configure_model()
+        randomise_lora(module)
+        losses, _ = _first_step(module, data(unpaired_jsonl, tiny_path))
+        results.append((losses, {k: v.clone() for k, v in module.model.state_dict().items() if "lora" in k}))
+    (la, wa), (lb, wb) = results
+    assert la == pytest.approx(lb, abs=1e-6)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+def test_kto_fit_from_the_command_line(tmp_path):
+    cli(["fit", "--config", str(CONFIGS / "tiny_kto.yaml"), "--trainer.max_steps", "2", "--trainer.val_check_interval",
+         "2", "--samples.max_new_tokens", "4"], tmp_path)
+    c = client(tmp_path)
+    run = c.search_runs(c.get_experiment_by_name("kto").experiment_id)[0]
+    for key in ("train/loss", "train/kl", "train/rewards/chosen", "train/rewards/rejected", "val/loss",
+                "val/rewards/accuracies"):
+        assert key in run.data.metrics, key
+    assert c.get_metric_history(run.info.run_id, "train/loss")[0].value == pytest.approx(0.5, abs=1e-6)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "completion": "c", "label": "up"}])
+    out = cli(["fit", "--config", str(CONFIGS / "tiny_kto.yaml"), "--data.init_args.train_files", str(bad)], tmp_path,
+              check=False)
+    assert out.returncode != 0 and f"{bad}:1: field 'label'" in out.stderr
