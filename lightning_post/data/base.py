@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import math
 import random
 from typing import Optional
@@ -27,7 +28,7 @@ class Rows:
         return self.rows[i]
 
 
-class PostDataModule(L.LightningDataModule):
+class PostDataModule(L.LightningDataModule, abc.ABC):
     """Base of the data modules: subclasses fill ``self.splits`` in ``setup`` and define ``collate``.
 
     Expects hyperparameters ``batch_size``, ``eval_batch_size``, ``shuffle``, ``seed`` and ``num_workers``.
@@ -44,8 +45,9 @@ class PostDataModule(L.LightningDataModule):
             self.tok = load_tokenizer(self.tokenizer_name)
         return self.tok
 
+    @abc.abstractmethod
     def collate(self, examples: list) -> dict:
-        raise NotImplementedError
+        """Turn a list of prepared examples into a batch of tensors."""
 
     def _generator(self) -> torch.Generator:
         # A loader without its own generator draws its worker seed from the global RNG each time it is iterated,

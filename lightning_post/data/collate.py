@@ -75,10 +75,14 @@ def split_batch(batch: dict, micro_batch_size: int) -> list[dict]:
     B = batch["input_ids"].shape[0]
     out = []
     for start in range(0, B, micro_batch_size):
-        mb = {k: v[start : start + micro_batch_size] for k, v in batch.items()}
-        width = int(mb["attention_mask"].sum(1).max())
-        out.append({k: v[:, :width] if v.dim() == 2 else v for k, v in mb.items()})  # 1D keys are per row
+        out.append(_trim_padding({k: v[start : start + micro_batch_size] for k, v in batch.items()}))
     return out
+
+
+def _trim_padding(mb: dict) -> dict:
+    """Drop the columns that are padding in every row (1D keys are per row or per pair and stay whole)."""
+    width = int(mb["attention_mask"].sum(1).max())
+    return {k: v[:, :width] if v.dim() == 2 else v for k, v in mb.items()}
 
 
 def collate_pairs(pairs: Sequence, pad_id: int) -> dict:
@@ -105,7 +109,5 @@ def split_pairs(batch: dict, pairs_per_micro_batch: int) -> list[dict]:
     for start in range(0, B, pairs_per_micro_batch):
         stop = min(start + pairs_per_micro_batch, B)
         rows = torch.cat([torch.arange(start, stop), torch.arange(B + start, B + stop)])
-        mb = {k: (v[start:stop] if k in PAIR_KEYS else v[rows]) for k, v in batch.items()}
-        width = int(mb["attention_mask"].sum(1).max())
-        out.append({k: (v if k in PAIR_KEYS else v[:, :width]) for k, v in mb.items()})
+        out.append(_trim_padding({k: (v[start:stop] if k in PAIR_KEYS else v[rows]) for k, v in batch.items()}))
     return out

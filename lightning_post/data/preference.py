@@ -79,8 +79,9 @@ def normalize_scoring_record(record: Any, where: str) -> dict[str, Any]:
     try:
         return {"single": normalize_preference_record(fake, where), "record": record}
     except DataError as e:
-        field = {"chosen": "response" if "messages" not in record else "messages"}.get(e.field, e.field)
-        raise DataError(where, field, e.problem) from None
+        if e.field == "chosen":  # the reply was passed as "chosen": name it as the user wrote it
+            e = DataError(where, "messages" if "messages" in record else "response", e.problem)
+        raise e from None
 
 
 class PreferenceDataModule(PostDataModule):
