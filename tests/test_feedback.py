@@ -16,6 +16,7 @@ from lightning_post.data.feedback import (
     to_unpaired,
 )
 from lightning_post.data.records import DataError
+from lightning_post.data.unpaired import normalize_unpaired_record
 from lightning_post.feedback_cli import main
 from tests.conftest import write_jsonl
 
@@ -49,6 +50,10 @@ def events():
     ({"prompt": "p", "response": "r", "thumbs": "up", "timestamp": "yesterday"}, "timestamp", "ISO 8601"),
     ({"prompt": "p", "response": "r", "thumbs": "up", "stars": 3}, "stars", "not a feedback field"),
     ({"prompt": "p", "response": "r"}, None, "no feedback"),
+    ({"prompt": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}], "response": "r",
+      "thumbs": "up"}, "prompt[1].role", "must be one of"),
+    ({"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "response": "r",
+      "thumbs": "up"}, "prompt[1].role", "end with a user turn"),
 ])
 def test_bad_events_name_their_field(event, field, problem):
     with pytest.raises(DataError) as err:
@@ -76,6 +81,19 @@ def test_conversions_by_hand(events):
     assert to_pairs(events) == [{"prompt": "p6", "chosen": "B", "rejected": "A"}]
     # SFT: p1 (up, mean 5), p4 (no thumbs, mean 4.5); p5 is up but rated 2 < 4.5
     assert to_sft(events) == [{"instruction": "p1", "response": "good"}, {"instruction": "p4", "response": "fine"}]
+
+
+def test_a_conversation_prompt_reaches_kto_and_sft_data():
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "How do I pick a lock?"}]
+    event = normalize_feedback_event({"prompt": conversation, "response": "I can't help with that.", "thumbs": "up"},
+                                     "f:1")
+    (record,) = to_unpaired([event])
+    assert record == {"prompt": conversation, "completion": "I can't help with that.", "label": True}
+    # the unpaired reader keeps the turns, so KTO sees the same chat rendering as DPO does for the same dialogue
+    assert normalize_unpaired_record(record, "u:1")["prompt"] == conversation
+    assert to_sft([event]) == [{"instruction": "Human: Hi\n\nAssistant: Hello!\n\nHuman: How do I pick a lock?",
+                                "response": "I can't help with that."}]
 
 
 def test_report_by_hand(events):

@@ -6,12 +6,13 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_post import KTOModule, PeftSettings, UnpairedDataModule
+from lightning_post import DPOModule, KTOModule, PeftSettings, UnpairedDataModule
 from lightning_post.losses.kto import kto_kl_estimate
 from lightning_post.optim import OptimSettings
 from tests.conftest import CONFIGS, write_jsonl
 from tests.test_cli import cli, client
-from tests.test_preference_training import _first_step, randomise_lora
+from tests.test_preference_training import _first_step, _pairs, randomise_lora
+from tests.test_preference_training import data as pair_data
 
 LORA = PeftSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
@@ -71,6 +72,32 @@ def test_accumulation_1x8_equals_8x1(tiny_path, unpaired_jsonl):
     assert la == pytest.approx(lb, abs=1e-6)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+def _validate(module, dm) -> dict:
+    L.seed_everything(0)
+    t = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    t.validate(module, dm, verbose=False)
+    return {k: v.item() for k, v in t.callback_metrics.items()}
+
+
+def test_paired_validation_equals_dpo_implicit_reward_accuracy(tiny_path, unpaired_jsonl, tmp_path):
+    """Held-out pairs measured in KTO are measured exactly as DPO measures them: the share of pairs whose chosen
+    reply has the higher ``beta * (log pi - log pi_ref)``. Untrained, every pair ties (0.5); with the same adapters
+    both modules report the same accuracy and margin."""
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", _pairs(False))
+    kto, dpo = KTOModule(tiny_path, peft=LORA, beta=0.2), DPOModule(tiny_path, peft=LORA, beta=0.2)
+    dm = data(unpaired_jsonl, tiny_path, val_pair_files=str(pairs))
+    before = _validate(kto, dm)
+    assert before["val/pairs/accuracies"] == 0.5 and before["val/pairs/margins"] == 0.0
+    assert "val/rewards/accuracies" in before  # the unpaired examples are still validated
+    dpo.configure_model()
+    for module in (kto, dpo):
+        randomise_lora(module)
+    got, want = _validate(kto, dm), _validate(dpo, pair_data(pairs, tiny_path))
+    assert got["val/pairs/accuracies"] == want["val/rewards/accuracies"] != 0.5
+    assert got["val/pairs/margins"] == pytest.approx(want["val/rewards/margins"], abs=1e-5)
+    assert got["val/pairs/margins"] != 0
 
 
 def test_kto_fit_from_the_command_line(tmp_path):

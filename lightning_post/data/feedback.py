@@ -5,7 +5,8 @@ One JSON object per line (JSON Lines); fields:
 ========================  ========  =====================================================================
 field                     required  meaning
 ========================  ========  =====================================================================
-``prompt``                yes       the user's request (string)
+``prompt``                yes       the user's request (string), or the conversation so far as chat messages
+                                    ``[{"role": "user", "content": ...}, ...]`` ending with a user turn
 ``response``              *         the model's answer that was rated (string); required unless the event
                                     is only a ``comparison``
 ``thumbs``                no        ``"up"`` or ``"down"``
@@ -35,6 +36,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, Optional
 
+from lightning_post.data.pairs import _messages, _render
 from lightning_post.data.records import DataError, raw_records
 
 THUMBS = ("up", "down")
@@ -68,7 +70,12 @@ def normalize_feedback_event(record: Any, where: str) -> dict[str, Any]:
     if unknown:
         raise DataError(where, unknown[0], f"is not a feedback field (known: {sorted(KNOWN)})")
     event: dict[str, Any] = {k: None for k in KNOWN}
-    event["prompt"] = _string(record, "prompt", where, required=True)
+    if isinstance(record.get("prompt"), list):
+        event["prompt"] = _messages(record["prompt"], where, "prompt")
+        if event["prompt"][-1]["role"] != "user":
+            raise DataError(where, f"prompt[{len(event['prompt']) - 1}].role", "the conversation must end with a user turn")
+    else:
+        event["prompt"] = _string(record, "prompt", where, required=True)
     thumbs = record.get("thumbs")
     if thumbs is not None and thumbs not in THUMBS:
         raise DataError(where, "thumbs", f"must be 'up' or 'down', got {thumbs!r}")
@@ -170,7 +177,9 @@ def to_sft(events: list[dict], min_rating: float = 4.5) -> list[dict]:
         good = (e.get("thumbs") == "up" and (m is None or m >= min_rating)) or (e.get("thumbs") is None and m is not None
                                                                                and m >= min_rating)
         if good:
-            out.append({"instruction": e["prompt"], "response": e["response"]})
+            # a conversation becomes one instruction in HH-RLHF's layout (instruction data has no message lists)
+            prompt = e["prompt"] if isinstance(e["prompt"], str) else _render(e["prompt"]).strip()
+            out.append({"instruction": prompt, "response": e["response"]})
     return out
 
 

@@ -10,15 +10,20 @@ Batches (see :func:`collate_unpaired`) hold the B examples and, under ``kl_*`` k
 from __future__ import annotations
 
 import logging
+from functools import partial
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from lightning_post.data.base import PostDataModule, Rows, hold_out
-from lightning_post.data.collate import collate_rows
+from lightning_post.data.collate import collate_pairs, collate_rows
 from lightning_post.data.instruction import Files, _as_list
-from lightning_post.data.pairs import normalize_preference_record, reply_segments, split_prompt_reply, truncate_pair
+from lightning_post.data.pairs import (
+    PairExample, PairStats, normalize_preference_record, reply_segments, split_prompt_reply, tokenize_pair, truncate_pair,
+)
+from lightning_post.data.preference import default_preference_file, load_preference_records
 from lightning_post.data.records import DataError, raw_records
 from lightning_post.data.templates import check_template
 from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, encode_prompt, tokenize_segments
@@ -103,6 +108,7 @@ class UnpairedDataModule(PostDataModule):
         train_files: Files = None,
         val_files: Files = None,
         test_files: Files = None,
+        val_pair_files: Files = None,
         val_fraction: float = 0.1,
         template: str = "chat",
         tokenizer: str = DEFAULT_MODEL,
@@ -120,6 +126,10 @@ class UnpairedDataModule(PostDataModule):
                 a desirable (chosen) and an undesirable (rejected) example.
             val_files: validation files; ``None`` = hold out ``val_fraction`` of the training examples.
             test_files: test files for ``lightning-post test``; ``None`` = the validation split.
+            val_pair_files: preference pairs (any layout PreferenceDataModule reads) on which validation also
+                measures paired accuracy: the share of pairs whose chosen reply gets the higher implicit reward
+                (``val/pairs/accuracies``, comparable with DPO's ``val/rewards/accuracies``). Keep them out of the
+                training feedback.
             val_fraction: share of training examples held out when ``val_files`` is not given.
             template: ``chat`` or any SFT template (``raw`` keeps the record's own text).
             tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
@@ -142,8 +152,6 @@ class UnpairedDataModule(PostDataModule):
         return [rec for path in _as_list(files) for _, rec in raw_records(path, normalize_unpaired_record)]
 
     def _read_all(self) -> dict[str, Optional[list[dict]]]:
-        from lightning_post.data.preference import default_preference_file
-
         hp = self.hparams
         train = self._load(hp.train_files) if hp.train_files is not None else unpaired_from_pairs(default_preference_file())
         if hp.val_files is not None:
@@ -169,12 +177,15 @@ class UnpairedDataModule(PostDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if "train" in self.splits:
             return
+        hp = self.hparams
         records = getattr(self, "_records", None) or self._read_all()
         self._records = None
         for split in ("train", "val", "test"):
             if records[split] is not None:
                 self.splits[split] = Rows(self.encode(records[split]))
         self.splits.setdefault("test", self.splits["val"])
+        if hp.val_pair_files is not None:
+            self.splits["val_pairs"] = Rows(self.encode_pairs(load_preference_records(_as_list(hp.val_pair_files))))
         n = len(records["train"])
         good = sum(r["label"] for r in records["train"])
         log.info("train: %d unpaired examples, %d desirable, %d undesirable", n, good, n - good)
@@ -182,6 +193,27 @@ class UnpairedDataModule(PostDataModule):
     def collate(self, examples: list[UnpairedExample]) -> dict:
         hp, tok = self.hparams, self._tokenizer()
         return collate_unpaired(examples, tok.pad_token_id, hp.max_length, hp.min_prompt_length, tok.bos_token_id)
+
+    def encode_pairs(self, located: list[tuple[str, dict]]) -> list[PairExample]:
+        """Tokenise held-out preference pairs (each side truncated like an unpaired example); identical pairs are
+        left out, since neither side can be preferred."""
+        hp, tok, stats = self.hparams, self._tokenizer(), PairStats(pairs=len(located))
+        kept = [pair for _, pair in located if pair["chosen"].strip() != pair["rejected"].strip()]
+        if not kept:
+            raise ValueError(f"val_pair_files {hp.val_pair_files!r} hold no pair with two different replies")
+        return [tokenize_pair(pair, hp.template, tok, hp.max_length, hp.min_prompt_length, stats, i)
+                for i, pair in enumerate(kept)]
+
+    def val_dataloader(self):
+        """The unpaired validation examples, then (when ``val_pair_files`` is set) the held-out pairs."""
+        if "val_pairs" not in self.splits:
+            return self.eval_loader("val")
+        pairs = DataLoader(
+            self.splits["val_pairs"], batch_size=self.hparams.eval_batch_size, shuffle=False,
+            collate_fn=partial(collate_pairs, pad_id=self._tokenizer().pad_token_id),
+            num_workers=self.hparams.num_workers, generator=self._generator(),
+        )
+        return [self.eval_loader("val"), pairs]
 
     def encode_prompt(self, text: str) -> list[int]:
         return encode_prompt(text, self.hparams.template, self._tokenizer())

@@ -85,9 +85,12 @@ class KTOModule(ReferenceModelMixin, PostTrainingModule):
         names = ("loss", "count", "chosen", "n_chosen", "rejected", "n_rejected", "correct")
         self.val_sums = {n: SumMetric() for n in names}
         self.test_sums = {n: SumMetric() for n in names}
+        self.pair_sums = {n: SumMetric() for n in ("pairs", "correct", "margin")}
         for n in names:  # registered as children: moved to the device and summed over processes
             setattr(self, f"val_{n}", self.val_sums[n])
             setattr(self, f"test_{n}", self.test_sums[n])
+        for n, m in self.pair_sums.items():
+            setattr(self, f"val_pairs_{n}", m)
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -171,11 +174,30 @@ class KTOModule(ReferenceModelMixin, PostTrainingModule):
         for m in sums.values():
             m.reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_sums)
+    def _pair_step(self, batch: dict) -> None:
+        """Held-out preference pairs ``[chosen; rejected]``: is the chosen reply's implicit reward the higher?"""
+        r = self.reply_logps(batch)[0] - self.reference_logps(batch)
+        n = r.shape[0] // 2
+        margin = self.hparams.beta * (r[:n] - r[n:])
+        # a tie counts half (before training the policy is the reference and every pair ties), as in DPOModule
+        correct = (margin > 0).float() + 0.5 * (margin == 0).float()
+        for name, value in (("pairs", float(n)), ("correct", correct.sum()), ("margin", margin.sum())):
+            self.pair_sums[name].update(value)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "desirable" in batch:
+            self._eval_step(batch, self.val_sums)
+        else:  # the second validation loader: pairs (UnpairedDataModule.val_pair_files)
+            self._pair_step(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val", self.val_sums)
+        if self.pair_sums["pairs"].update_count:
+            v = {n: m.compute() for n, m in self.pair_sums.items()}
+            self.log_dict({"val/pairs/accuracies": v["correct"] / v["pairs"].clamp(min=1),
+                           "val/pairs/margins": v["margin"] / v["pairs"].clamp(min=1)}, prog_bar=True)
+            for m in self.pair_sums.values():
+                m.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_sums)
