@@ -71,10 +71,16 @@ class RewardModelScorer:
 
         from lightning_post.models.loading import load_tokenizer
 
-        self.tokenizer = load_tokenizer(path, trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(path), dtype=torch_dtype(dtype), num_labels=1, trust_remote_code=trust_remote_code,
-        ).eval().requires_grad_(False)
+        try:
+            self.tokenizer = load_tokenizer(path, trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_model_path(path), dtype=torch_dtype(dtype), num_labels=1, trust_remote_code=trust_remote_code,
+            ).eval().requires_grad_(False)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"reward_model {path!r} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0]}). Train one "
+                "with: lightning-post fit --config configs/reward.yaml --export.dirpath exports/reward"
+            ) from None
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.template, self.batch_size = template, batch_size

@@ -4,6 +4,7 @@ reference model, over prompts from :class:`~lightning_post.data.prompts.PromptDa
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
@@ -23,6 +24,11 @@ from lightning_post.rewards import RewardModelScorer, load_function
 from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)
+
+
+def _looks_local(path: str) -> bool:
+    """A folder path rather than a hub id (``org/name``)."""
+    return path.startswith((".", "/", "~")) or path.count("/") >= 2
 
 
 class Rollout(NamedTuple):
@@ -168,6 +174,9 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             raise ValueError(f"kl_estimator {kl_estimator!r} is unknown; choose from {list(KL_ESTIMATORS)}")
         if value_model not in ("shared", "separate"):
             raise ValueError(f"value_model must be 'shared' or 'separate', got {value_model!r}")
+        if reward_model is not None and _looks_local(reward_model) and not Path(reward_model).expanduser().exists():
+            raise ValueError(f"reward_model folder {reward_model!r} does not exist. Train one with: lightning-post fit "
+                             "--config configs/reward.yaml --export.dirpath exports/reward")
         self.reward_function = load_function(reward_fn) if reward_fn is not None else None
         self.kl_value = kl_coef
         self.value_head: Optional[torch.nn.Module] = None
