@@ -156,8 +156,9 @@ class KTOModule(ReferenceModelMixin, PostTrainingModule):
         z0 = self.reference_point(batch)
         losses, r = self.example_losses(batch, z0)
         d, beta = batch["desirable"], self.hparams.beta
-        # an example is "right" when its implicit reward is on its label's side of the reference point
-        correct = torch.where(d, r > z0, r < z0).float()
+        # an example is "right" when its implicit reward is on its label's side of the reference point; a tie (as
+        # before training, when r = z0 = 0) counts half, as in DPOModule
+        correct = torch.where(d, r > z0, r < z0).float() + 0.5 * (r == z0).float()
         for name, value in (("loss", losses.sum()), ("count", float(d.shape[0])), ("chosen", beta * r[d].sum()),
                             ("n_chosen", d.sum().float()), ("rejected", beta * r[~d].sum()),
                             ("n_rejected", (~d).sum().float()), ("correct", correct.sum())):

@@ -219,12 +219,14 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         self.kl_value = checkpoint.get("ppo_kl_coef", self.kl_value)
 
     # ---- forward passes ------------------------------------------------------------------------------------------
-    def response_logps(self, seq: dict, response: torch.Tensor, need_entropy: bool = False):
+    def response_logps(self, seq: dict, response: torch.Tensor, need_entropy: bool = False,
+                       temperature: Optional[float] = None):
         """Log-probs ``(n, R)`` of the reply tokens, their entropies (or None) and the hidden states ``(n, R, H)``
-        that predicted them (position ``t`` predicts token ``t + 1``)."""
+        that predicted them (position ``t`` predicts token ``t + 1``). Logits are divided by ``temperature`` (the
+        sampling temperature unless given), so the log-probs are those of the distribution the replies came from."""
         R = response.shape[1]
         hidden = self.forward_hidden(seq)[:, -R - 1:-1]  # (n, R, H)
-        logits = self.lm_head()(hidden).float() / self.hparams.temperature  # (n, R, V)
+        logits = self.lm_head()(hidden).float() / (temperature or self.hparams.temperature)  # (n, R, V)
         logps = -F.cross_entropy(logits.flatten(0, 1), response.flatten(), reduction="none").view_as(response)
         return logps, entropy_from_logits(logits) if need_entropy else None, hidden
 
@@ -415,11 +417,13 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
     # ---- validation: held-out prompts ------------------------------------------------------------------------------
     @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        seq, response, mask, records = self.sample(batch, 1, do_sample=self.hparams.val_do_sample)
+        sampled = self.hparams.val_do_sample
+        seq, response, mask, records = self.sample(batch, 1, do_sample=sampled)
         scores = self.score(records, response, mask)
-        logps = self.response_logps(seq, response)[0]
+        temperature = None if sampled else 1.0  # greedy answers: KL between the models themselves
+        logps = self.response_logps(seq, response, temperature=temperature)[0]
         with self._reference_context():
-            ref = self.response_logps(seq, response)[0]
+            ref = self.response_logps(seq, response, temperature=temperature)[0]
         self.val_scores.update(scores)
         self.val_kl.update(((logps - ref) * mask).sum(1))
         self.val_length.update(mask.sum(1).float())
