@@ -237,7 +237,7 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
         kwargs.setdefault("do_sample", False)
         out = self.model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            pad_token_id=pad, eos_token_id=tok.eos_token_id, **kwargs,
+            pad_token_id=pad, eos_token_id=tok.eos_token_id, use_cache=True, **kwargs,
         )
         self.model.train(was_training)
         return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]

@@ -254,7 +254,8 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         kwargs = {"do_sample": True, "temperature": hp.temperature, "top_p": hp.top_p, "top_k": 0} if do_sample \
             else {"do_sample": False}
         out = self.model.generate(input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=hp.max_new_tokens,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs)
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True,
+                                  **kwargs)  # KV cache even when gradient checkpointing turned it off for training
         self.model.train(was_training)
         response = out[:, prompts.shape[1]:]  # (N, R)
         R = response.shape[1]
