@@ -2,12 +2,12 @@
 
 The method maths stays in the subclasses (and in ``lightning_post.losses``). A subclass implements
 :meth:`PostTrainingModule.loss_units` (how many items the step's loss is averaged over: response tokens for SFT,
-pairs for DPO) and :meth:`PostTrainingModule.micro_step` (the summed loss of one micro-batch).
+pairs for DPO) and :meth:`PostTrainingModule.micro_step` (the summed loss of one micro-batch), or, like PPO, its own
+``training_step``.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import dataclasses
 import logging
@@ -35,7 +35,7 @@ def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-class PostTrainingModule(L.LightningModule, abc.ABC):
+class PostTrainingModule(L.LightningModule):
     """Base of every method. Optimisation is manual so that accumulation is exact (see :meth:`training_step`)."""
 
     method = "base"
@@ -148,13 +148,14 @@ class PostTrainingModule(L.LightningModule, abc.ABC):
         optimizer, scheduler = build_optimizer(params, self.optim, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    @abc.abstractmethod
+    # The two hooks of the shared accumulation loop (training_step below); a method with its own step (PPO) has none.
     def loss_units(self, batch: dict) -> torch.Tensor:
         """Number of items the step loss is averaged over in this (local) batch."""
+        raise NotImplementedError(f"{type(self).__name__} must define loss_units or its own training_step")
 
-    @abc.abstractmethod
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         """Return ``{"loss_sum": scalar with grad, <stat>_sum: detached scalars}`` for one micro-batch."""
+        raise NotImplementedError(f"{type(self).__name__} must define micro_step or its own training_step")
 
     def prepare_step(self, batch: dict) -> None:
         """Work on the whole step's batch before its micro-batches (KTO: the KL reference point)."""

@@ -437,10 +437,3 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
                        "val/eos_rate": self.val_eos.compute() / max(1, scores.numel())}, prog_bar=True)
         for m in (self.val_scores, self.val_kl, self.val_length, self.val_eos):
             m.reset()
-
-    # unused hooks of the shared accumulation loop (PPO runs its own step)
-    def loss_units(self, batch: dict) -> torch.Tensor:  # pragma: no cover - PPO overrides training_step
-        raise RuntimeError("PPOModule computes its own updates in training_step")
-
-    def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:  # pragma: no cover
-        raise RuntimeError("PPOModule computes its own updates in training_step")
