@@ -109,7 +109,7 @@ def write_report(r: dict, out: Path) -> None:
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
         f"{platform.platform()}",
         "- Policy: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear, configs/ppo.yaml (PPO, shared value head, "
-        "GAE, k1 KL penalty 0.05, temperature 0.7, 64 new tokens, 8 prompts per rollout).",
+        "GAE, k1 KL penalty 0.05, temperature 0.7, 64 new tokens, 16 prompts per rollout, lr 2e-4).",
         f"- Reward model: the HH-RLHF harmless reward model of benchmarks/HELDOUT.md (`{r['reward_model']}`).",
         f"- Held-out prompts: {r['held_out_prompts']} prompts of the 300 held-out HH-RLHF pairs, answered greedily; "
         "`val/kl` is the summed log-ratio policy/reference over each answer's tokens.",
