@@ -182,6 +182,9 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
     for r in results:
         extra = ", ".join(f"`{k}` {a:.4f} → {b:.4f}" for k, (a, b) in r["extra"].items() if a is not None and b is not None)
         lines.append(f"- {r['method']}: {extra}")
+    notes = [f"- {r['method']}: {r['note']}" for r in results if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     lines += ["", "Commands:", ""]
     for r in results:
         lines += [f"    {c}" for c in r["commands"]]
