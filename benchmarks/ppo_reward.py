@@ -119,6 +119,12 @@ def write_report(r: dict, out: Path) -> None:
     ]
     for key in ("val/scores", "val/scores_std", "val/kl", "val/length", "val/eos_rate"):
         lines.append(f"| `{key}` | {b.get(key, float('nan')):.4f} | {a.get(key, float('nan')):.4f} |")
+    n = r["held_out_prompts"]
+    se = ((b["val/scores_std"] ** 2 + a["val/scores_std"] ** 2) / n) ** 0.5
+    change = a["val/scores"] - b["val/scores"]
+    verdict = "rose" if change > 2 * se else "fell" if change < -2 * se else "did not change beyond noise"
+    lines += ["", f"Result: the held-out mean score changed by {change:+.4f} (standard error of the difference about "
+              f"{se:.3f}, from the two score spreads over {n} prompts): it {verdict}."]
     lines += ["", f"{r['steps']} PPO steps; fit took {r['seconds_fit']} s, the validation before {r['seconds_validate']} s.",
               "", "Per training step (sampled answers to training prompts):", ""]
     for key, values in r["train_history"].items():
