@@ -48,9 +48,9 @@ def run(cmd: list[str], log: Path) -> float:
     return time.time() - start
 
 
-def kto_inputs(train_pairs: int, batch_size: int, folder: Path) -> tuple[list[str], dict]:
-    """Feedback events from the training pairs of configs/data/hh_rlhf.yaml (same held-out split as DPO), through
-    ``lightning-post-feedback``; returns the data arguments of the KTO commands and the pair counts."""
+def hh_split(train_pairs: int):
+    """``(data settings, data module, {"train", "val"} located pairs)`` of configs/data/hh_rlhf.yaml: the same
+    held-out pairs every method here is measured on."""
     import yaml
 
     from lightning_post.data.preference import PreferenceDataModule
@@ -58,7 +58,13 @@ def kto_inputs(train_pairs: int, batch_size: int, folder: Path) -> tuple[list[st
     settings = yaml.safe_load((ROOT / "configs" / "data" / "hh_rlhf.yaml").read_text())["data"]["init_args"]
     settings.update(max_train_pairs=train_pairs, train_files=str(ROOT / settings["train_files"]))
     dm = PreferenceDataModule(**settings)
-    split = dm._read_all()
+    return settings, dm, dm._read_all()
+
+
+def kto_inputs(train_pairs: int, batch_size: int, folder: Path) -> tuple[list[str], dict]:
+    """Feedback events from the training pairs of configs/data/hh_rlhf.yaml (same held-out split as DPO), through
+    ``lightning-post-feedback``; returns the data arguments of the KTO commands and the pair counts."""
+    settings, dm, split = hh_split(train_pairs)
     counts = {"data/train_pairs": len(split["train"]), "data/val_pairs": len(split["val"]),
               "data/invalid_pairs": len(dm.invalid)}
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,19 +22,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from heldout_accuracy import ROOT, RESULTS, latest_run, run  # noqa: E402
+from heldout_accuracy import ROOT, RESULTS, hh_split, latest_run, run  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "ppo.json"
 
 
 def prompt_files(folder: Path, train: int, held_out: int) -> tuple[Path, Path]:
-    import yaml
-
-    from lightning_post.data.preference import PreferenceDataModule
-
-    settings = yaml.safe_load((ROOT / "configs" / "data" / "hh_rlhf.yaml").read_text())["data"]["init_args"]
-    settings.update(max_train_pairs=train, train_files=str(ROOT / settings["train_files"]))
-    split = PreferenceDataModule(**settings)._read_all()
+    split = hh_split(train)[2]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, located in (("train", split["train"]), ("heldout", split["val"][:held_out])):

@@ -1,13 +1,15 @@
 """What every method shares: loading the policy, PEFT, the optimizer, and exact gradient accumulation.
 
-The method maths stays in the subclasses (and in ``lightning_post.losses``). A subclass implements
-:meth:`PostTrainingModule.loss_units` (how many items the step's loss is averaged over: response tokens for SFT,
-pairs for DPO) and :meth:`PostTrainingModule.micro_step` (the summed loss of one micro-batch), or, like PPO, its own
+The method maths stays in the subclasses (and in ``lightning_post.losses``). Methods built on
+:class:`AccumulatingModule` implement :meth:`~AccumulatingModule.loss_units` (how many items the step's loss is
+averaged over: response tokens for SFT, pairs for DPO) and :meth:`~AccumulatingModule.micro_step` (the summed loss of
+one micro-batch); PPO, which runs several updates per batch, builds on :class:`PostTrainingModule` with its own
 ``training_step``.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import logging
@@ -148,14 +150,50 @@ class PostTrainingModule(L.LightningModule):
         optimizer, scheduler = build_optimizer(params, self.optim, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # The two hooks of the shared accumulation loop (training_step below); a method with its own step (PPO) has none.
+    def _sync_context(self, last: bool):
+        """Skip DDP's gradient all-reduce on every micro-batch but the last of the step."""
+        model = self.trainer.strategy.model
+        if not last and isinstance(model, DistributedDataParallel):
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def _grad_norm(self) -> torch.Tensor:
+        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
+
+    # ---- generation --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_from_ids(self, prompts: list[list[int]], max_new_tokens: int = 64, **kwargs) -> list[str]:
+        """Greedy (or, with ``do_sample=True``, sampled) completions of already-tokenised prompts."""
+        tok = self.tokenizer
+        width = max(len(p) for p in prompts)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left pad
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        kwargs.setdefault("do_sample", False)
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+            pad_token_id=pad, eos_token_id=tok.eos_token_id, use_cache=True, **kwargs,
+        )
+        self.model.train(was_training)
+        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+class AccumulatingModule(PostTrainingModule, abc.ABC):
+    """A method whose optimizer step is one batch accumulated exactly over micro-batches (SFT, reward, DPO, KTO).
+
+    A subclass defines :meth:`loss_units` and :meth:`micro_step`; the other hooks have defaults.
+    """
+
+    @abc.abstractmethod
     def loss_units(self, batch: dict) -> torch.Tensor:
         """Number of items the step loss is averaged over in this (local) batch."""
-        raise NotImplementedError(f"{type(self).__name__} must define loss_units or its own training_step")
 
+    @abc.abstractmethod
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         """Return ``{"loss_sum": scalar with grad, <stat>_sum: detached scalars}`` for one micro-batch."""
-        raise NotImplementedError(f"{type(self).__name__} must define micro_step or its own training_step")
 
     def prepare_step(self, batch: dict) -> None:
         """Work on the whole step's batch before its micro-batches (KTO: the KL reference point)."""
@@ -167,13 +205,6 @@ class PostTrainingModule(L.LightningModule):
     def micro_batches(self, batch: dict) -> list[dict]:
         """Split an optimizer step's batch into micro-batches of ``micro_batch_size`` examples."""
         return split_batch(batch, self.hparams.micro_batch_size or batch["input_ids"].shape[0])
-
-    def _sync_context(self, last: bool):
-        """Skip DDP's gradient all-reduce on every micro-batch but the last of the step."""
-        model = self.trainer.strategy.model
-        if not last and isinstance(model, DistributedDataParallel):
-            return model.no_sync()
-        return contextlib.nullcontext()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """One optimizer step over the whole batch, accumulated over micro-batches.
@@ -216,29 +247,6 @@ class PostTrainingModule(L.LightningModule):
         self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return metrics["train/loss"]
 
-    def _grad_norm(self) -> torch.Tensor:
-        grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
-
     def step_metrics(self, totals: dict[str, torch.Tensor], units: torch.Tensor) -> dict[str, torch.Tensor]:
         """Turn summed statistics of a step into logged metrics (subclasses add theirs)."""
         return {"train/loss": totals["loss_sum"] / units.clamp(min=1)}
-
-    # ---- generation --------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_from_ids(self, prompts: list[list[int]], max_new_tokens: int = 64, **kwargs) -> list[str]:
-        """Greedy (or, with ``do_sample=True``, sampled) completions of already-tokenised prompts."""
-        tok = self.tokenizer
-        width = max(len(p) for p in prompts)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left pad
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        kwargs.setdefault("do_sample", False)
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            pad_token_id=pad, eos_token_id=tok.eos_token_id, use_cache=True, **kwargs,
-        )
-        self.model.train(was_training)
-        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from lightning_post.data.collate import split_pairs
 from lightning_post.losses.preference import DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, implicit_rewards
-from lightning_post.methods.base import PostTrainingModule
+from lightning_post.methods.base import AccumulatingModule
 from lightning_post.methods.reference import ReferenceModelMixin
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
@@ -53,7 +53,7 @@ def combined_preference_loss(
     return total
 
 
-class DPOModule(ReferenceModelMixin, PostTrainingModule):
+class DPOModule(ReferenceModelMixin, AccumulatingModule):
     """Preference optimisation against a reference model, with the loss selected by ``loss_type``.
 
     Each step, for B pairs batched as ``[chosen; rejected]``:

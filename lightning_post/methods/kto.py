@@ -9,7 +9,7 @@ from torchmetrics import SumMetric
 
 from lightning_post.data.collate import split_batch
 from lightning_post.losses.kto import KTO_LOSSES, NEEDS_KL, kto_kl_estimate
-from lightning_post.methods.base import PostTrainingModule
+from lightning_post.methods.base import AccumulatingModule
 from lightning_post.methods.reference import ReferenceModelMixin
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
@@ -23,7 +23,7 @@ def kl_rows(batch: dict) -> dict:
     return {k[len(KL_PREFIX):]: v for k, v in batch.items() if k.startswith(KL_PREFIX)}
 
 
-class KTOModule(ReferenceModelMixin, PostTrainingModule):
+class KTOModule(ReferenceModelMixin, AccumulatingModule):
     """KTO (Ethayarajh et al. 2024) over batches from :class:`~lightning_post.data.unpaired.UnpairedDataModule`.
 
     Each optimizer step:

@@ -44,6 +44,7 @@ class Rollout(NamedTuple):
     returns: Optional[torch.Tensor]  # (N, R) value targets (None without a critic)
     scores: torch.Tensor  # (N,) reward model / function scores (after the missing-EOS penalty)
     entropy: torch.Tensor  # (N, R)
+    kl: torch.Tensor  # (N, R) per-token KL estimate, 0 on padding
 
 
 class ValueModel(torch.nn.Module):
@@ -318,7 +319,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             advantages = GROUP_ADVANTAGES[hp.estimator](sequence_reward, k)[:, None] * mask  # (N, R)
         if hp.whiten_advantages:
             advantages = whiten(advantages, mask)
-        return Rollout(seq, response, mask, logps, ref_logps, values, advantages, returns, scores, entropy)
+        return Rollout(seq, response, mask, logps, ref_logps, values, advantages, returns, scores, entropy, kl)
 
     # ---- step 6: optimise ----------------------------------------------------------------------------------------
     def minibatch_update(self, ro: Rollout, rows: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -366,8 +367,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             for rows in order.chunk(hp.num_minibatches):
                 updates.append(self.minibatch_update(ro, rows))
         # step 7: adapt the KL coefficient to the rollout's KL per reply (over every device)
-        kl_per_reply = strategy.reduce(
-            (KL_ESTIMATORS[hp.kl_estimator](ro.logps, ro.ref_logps) * ro.mask).sum(1).mean(), reduce_op="mean")
+        kl_per_reply = strategy.reduce(ro.kl.sum(1).mean(), reduce_op="mean")
         kl_coef_used = self.kl_value
         if hp.target_kl is not None:
             self.kl_value = adaptive_kl_coef(self.kl_value, float(kl_per_reply), hp.target_kl, hp.kl_horizon,

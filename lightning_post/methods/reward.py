@@ -8,7 +8,7 @@ import torch
 from torchmetrics import CatMetric
 
 from lightning_post.losses.preference import bradley_terry_loss
-from lightning_post.methods.base import PostTrainingModule
+from lightning_post.methods.base import AccumulatingModule
 from lightning_post.models.loading import DEFAULT_MODEL, resolve_model_path, torch_dtype
 from lightning_post.models.peft import PeftSettings
 from lightning_post.optim import OptimSettings
@@ -30,7 +30,7 @@ def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, 
     }
 
 
-class RewardModule(PostTrainingModule):
+class RewardModule(AccumulatingModule):
     """Bradley-Terry reward model: ``-log sigma(r(x, y_chosen) - r(x, y_rejected) - margin)`` per pair.
 
     The reward is a sequence-classification head (one output) on any causal LM, read at the last non-padding

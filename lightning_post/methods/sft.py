@@ -9,13 +9,13 @@ from torchmetrics import MeanMetric
 
 from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.sft import token_cross_entropy
-from lightning_post.methods.base import PostTrainingModule
+from lightning_post.methods.base import AccumulatingModule
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
 from lightning_post.optim import OptimSettings
 
 
-class SFTModule(PostTrainingModule):
+class SFTModule(AccumulatingModule):
     """Supervised fine-tuning: mean token cross-entropy over every response token of the optimizer step.
 
     Logits are computed only at positions that predict a response token (the LM head is a large share of a small
