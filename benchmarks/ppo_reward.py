@@ -49,8 +49,8 @@ def reward_model_export() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reward-model", default=None, help="reward model folder (default: the held-out benchmark's)")
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--held-out", type=int, default=48)
+    ap.add_argument("--steps", type=int, default=96, help="optimizer steps (4 per rollout in ppo.yaml)")
+    ap.add_argument("--held-out", type=int, default=64)
     ap.add_argument("--train-prompts", type=int, default=640)
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more lightning-post arguments")
     args = ap.parse_args()
@@ -70,18 +70,22 @@ def main() -> None:
     after_cmd = [exe, "fit", *common, "--trainer.max_steps", str(args.steps), "--trainer.val_check_interval",
                  str(args.steps)]
     t_before = run(before_cmd, logs / "ppo-before.log")
-    before = latest_run(experiment, tracking).data.metrics
+    before_run = latest_run(experiment, tracking)
+    before, before_run_id = before_run.data.metrics, before_run.info.run_id
     t_after = run(after_cmd, logs / "ppo-after.log")
     after_run = latest_run(experiment, tracking)
     after = after_run.data.metrics
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking)
+    before_run = client.get_run(before_run_id)
+    paired = paired_scores(val_answers(client, before_run.info.run_id), val_answers(client, after_run.info.run_id))
     history = {k: [round(m.value, 4) for m in client.get_metric_history(after_run.info.run_id, k)]
                for k in ("objective/scores", "objective/kl", "ppo/value_loss", "ppo/clipfrac")}
     result = {
         "before": {k: before[k] for k in before if k.startswith("val/")},
         "after": {k: after[k] for k in after if k.startswith("val/")},
+        "paired": paired, "settings": " ".join(args.extra) or "configs/ppo.yaml as is",
         "train_history": history, "steps": args.steps, "held_out_prompts": args.held_out,
         "reward_model": reward_model, "seconds_validate": round(t_before), "seconds_fit": round(t_after),
         "run_id": after_run.info.run_id,
@@ -91,6 +95,35 @@ def main() -> None:
     OUT.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     write_report(result, ROOT / "benchmarks" / "PPO.md")
+
+
+def val_answers(client, run_id: str) -> list[dict]:
+    """The last validation's per-prompt answers of a run (``val_answers/step<N>.json``, written by PPOModule)."""
+    import tempfile
+
+    names = sorted(f.path for f in client.list_artifacts(run_id, "val_answers"))
+    if not names:
+        sys.exit(f"run {run_id} logged no val_answers table")
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(run_id, names[-1], tmp)).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def paired_scores(before: list[dict], after: list[dict]) -> dict:
+    """Mean score change over the same held-out prompts, its paired standard error and a sign test."""
+    from lightning_post.stats import mean_and_se, sign_test
+
+    if [r["prompt_key"] for r in before] != [r["prompt_key"] for r in after]:
+        sys.exit("the two validations did not answer the same prompts in the same order")
+    diffs = [a["score"] - b["score"] for b, a in zip(before, after)]
+    n = len(diffs)
+    mean, se = mean_and_se(diffs)
+    up, down, p = sign_test(diffs)
+    changed = [(b, a) for b, a in zip(before, after) if b["response"] != a["response"]]
+    examples = [{"prompt": b["prompt"], "before": b["response"], "score_before": round(b["score"], 3),
+                 "after": a["response"], "score_after": round(a["score"], 3)} for b, a in changed[:3]]
+    return {"n": n, "mean_change": mean, "se": se, "higher": up, "lower": down, "sign_test_p": p,
+            "answers_changed": len(changed), "examples": examples}
 
 
 def write_report(r: dict, out: Path) -> None:
@@ -103,7 +136,8 @@ def write_report(r: dict, out: Path) -> None:
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
         f"{platform.platform()}",
         "- Policy: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear, configs/ppo.yaml (PPO, shared value head, "
-        "GAE, k1 KL penalty 0.05, temperature 0.7, 64 new tokens, 16 prompts per rollout, lr 2e-4).",
+        "GAE, k1 KL penalty 0.05, missing-EOS penalty 1.0, temperature 0.7, 64 new tokens, 16 prompts per rollout, "
+        f"2 PPO epochs x 2 minibatches, lr 5e-4); overrides: {r['settings']}.",
         f"- Reward model: the HH-RLHF harmless reward model of benchmarks/HELDOUT.md (`{r['reward_model']}`).",
         f"- Held-out prompts: {r['held_out_prompts']} prompts of the 300 held-out HH-RLHF pairs, answered greedily; "
         "`val/kl` is the summed log-ratio policy/reference over each answer's tokens.",
@@ -113,16 +147,22 @@ def write_report(r: dict, out: Path) -> None:
     ]
     for key in ("val/scores", "val/scores_std", "val/kl", "val/length", "val/eos_rate"):
         lines.append(f"| `{key}` | {b.get(key, float('nan')):.4f} | {a.get(key, float('nan')):.4f} |")
-    n = r["held_out_prompts"]
-    se = ((b["val/scores_std"] ** 2 + a["val/scores_std"] ** 2) / n) ** 0.5
-    change = a["val/scores"] - b["val/scores"]
+    d = r["paired"]
+    change, se = d["mean_change"], d["se"]
     verdict = "rose" if change > 2 * se else "fell" if change < -2 * se else "did not change beyond noise"
-    lines += ["", f"Result: the held-out mean score changed by {change:+.4f} (standard error of the difference about "
-              f"{se:.3f}, from the two score spreads over {n} prompts): it {verdict}."]
-    lines += ["", f"{r['steps']} PPO steps; fit took {r['seconds_fit']} s, the validation before {r['seconds_validate']} s.",
+    lines += ["", f"Result: over the same {d['n']} held-out prompts the mean score changed by {change:+.4f} (paired "
+              f"standard error {se:.4f}): it {verdict}. The score rose on {d['higher']} prompts and fell on "
+              f"{d['lower']} (sign test p = {d['sign_test_p']:.2g}); {d['answers_changed']} greedy answers changed."]
+    lines += ["", f"{r['steps']} optimizer steps ({r['steps'] // 4} rollouts); fit took {r['seconds_fit']} s, the validation before {r['seconds_validate']} s.",
               "", "Per training step (sampled answers to training prompts):", ""]
     for key, values in r["train_history"].items():
         lines.append(f"- `{key}`: {values}")
+    if d["examples"]:
+        lines += ["", "Examples of changed answers (held-out prompts):", ""]
+        for e in d["examples"]:
+            lines += [f"- **Prompt:** {e['prompt'][:200]!r}",
+                      f"  - before ({e['score_before']}): {e['before'][:240]!r}",
+                      f"  - after ({e['score_after']}): {e['after'][:240]!r}"]
     lines += ["", "Commands:", ""] + [f"    {c}" for c in r["commands"]]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

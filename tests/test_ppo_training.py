@@ -4,6 +4,7 @@ model path scores exactly as the reward model was trained; the command line and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -159,6 +160,14 @@ def test_ppo_from_the_command_line_logs_objectives_and_rollouts(tmp_path):
         assert key in run.data.metrics, key
     rollouts = [a.path for a in c.list_artifacts(run.info.run_id, "rollouts")]
     assert rollouts == ["rollouts/step000002.json"]
+    # held-out answers of the validation at step 2, one row per prompt, with the logged mean score
+    answers = [a.path for a in c.list_artifacts(run.info.run_id, "val_answers")]
+    assert answers == ["val_answers/step000002.json"]
+    table = json.loads(Path(c.download_artifacts(run.info.run_id, answers[0], str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert {"prompt", "prompt_key", "response", "score", "kl", "length"} <= set(rows[0])
+    assert len(rows) == len({r["prompt_key"] for r in rows}) > 1
+    assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(run.data.metrics["val/scores"], abs=1e-5)
     out = cli(["fit", "--config", str(CONFIGS / "tiny_ppo.yaml"), "--model.init_args.estimator", "rloo",
                "--model.init_args.samples_per_prompt", "1"], tmp_path, check=False)
     assert out.returncode != 0 and "samples_per_prompt >= 2" in out.stderr

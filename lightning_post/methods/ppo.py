@@ -120,6 +120,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         reference_model: Optional[str] = None,
         val_do_sample: bool = False,
         log_rollouts_every_n_steps: int = 10,
+        log_val_answers: bool = True,
     ):
         """
         Args:
@@ -160,6 +161,8 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             reference_model: a different reference (folder or id); ``null`` = the starting policy.
             val_do_sample: sample (instead of greedy) replies to held-out prompts in validation.
             log_rollouts_every_n_steps: log a rollout's prompts, replies and scores to MLflow every N steps (0 = off).
+            log_val_answers: log every validation's held-out answers, scores and KL to MLflow
+                (``val_answers/step<N>.json``), so runs compare prompt by prompt.
         """
         super().__init__(
             model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
@@ -185,6 +188,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         self._scorer: Optional[RewardModelScorer] = None
         self.val_scores, self.val_kl, self.val_length = CatMetric(), CatMetric(), CatMetric()
         self.val_eos = SumMetric()
+        self._val_rows: list[dict] = []
 
     @property
     def uses_critic(self) -> bool:
@@ -425,8 +429,15 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         logps = self.response_logps(seq, response, temperature=temperature)[0]
         with self._reference_context():
             ref = self.response_logps(seq, response, temperature=temperature)[0]
+        kl = ((logps - ref) * mask).sum(1)
         self.val_scores.update(scores)
-        self.val_kl.update(((logps - ref) * mask).sum(1))
+        self.val_kl.update(kl)
+        if self.hparams.log_val_answers:
+            tok = self.tokenizer
+            for rec, row, m, score, k in zip(records, response, mask, scores.tolist(), kl.tolist()):
+                self._val_rows.append({"prompt": rec["prompt"][-1]["content"], "prompt_key": rec["raw_prompt"],
+                                       "response": tok.decode(row[: int(m.sum())], skip_special_tokens=True),
+                                       "score": score, "kl": k, "length": int(m.sum())})
         self.val_length.update(mask.sum(1).float())
         self.val_eos.update((response == self.tokenizer.eos_token_id).any(1).float().sum())
 
@@ -437,3 +448,16 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
                        "val/eos_rate": self.val_eos.compute() / max(1, scores.numel())}, prog_bar=True)
         for m in (self.val_scores, self.val_kl, self.val_length, self.val_eos):
             m.reset()
+        self.log_val_answers()
+
+    def log_val_answers(self) -> None:
+        """Held-out answers with their scores as an MLflow table, ``val_answers/step<N>.json`` (this process's
+        prompts; under DDP those of rank 0), so two validations of the same prompts compare prompt by prompt."""
+        rows, self._val_rows = self._val_rows, []
+        logger = mlflow_logger(self.trainer) if self._trainer is not None else None
+        if not rows or logger is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        table = {key: [r[key] for r in rows] for key in rows[0]}
+        table["step"] = [self.trainer.global_step] * len(rows)
+        logger.experiment.log_table(logger.run_id, data=table,
+                                    artifact_file=f"val_answers/step{self.trainer.global_step:06d}.json")
