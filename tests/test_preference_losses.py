@@ -221,3 +221,28 @@ def test_bradley_terry_by_hand():
     assert bradley_terry_loss(rc, rr, center_coef=0.01).item() == pytest.approx(sp(-1.0) + 0.01, abs=1e-7)
     # swapping chosen and rejected: loss(-d) - loss(d) = d
     assert (bradley_terry_loss(rr, rc) - bradley_terry_loss(rc, rr)).item() == pytest.approx(1.0, abs=1e-7)
+
+
+def test_bradley_terry_soft_label_by_hand():
+    """d = 1, label p = 0.75: -0.75 log sigma(1) - 0.25 log sigma(-1) = 0.75 sp(-1) + 0.25 sp(1); label 1 is the
+    hard loss, label 0.5 is symmetric in d."""
+    rc, rr = torch.tensor([1.0]), torch.tensor([0.0])
+    got = bradley_terry_loss(rc, rr, label=torch.tensor([0.75])).item()
+    assert got == pytest.approx(0.75 * sp(-1.0) + 0.25 * sp(1.0), abs=1e-7)
+    assert bradley_terry_loss(rc, rr, label=torch.tensor([1.0])).item() == pytest.approx(sp(-1.0), abs=1e-7)
+    half = torch.tensor([0.5])
+    assert bradley_terry_loss(rc, rr, label=half).item() == pytest.approx(bradley_terry_loss(rr, rc, label=half).item())
+
+
+def test_soft_labels_as_label_smoothing_by_hand():
+    """Soft label p on the sigmoid DPO loss: -p log sigma(beta z) - (1 - p) log sigma(-beta z); with a further flip
+    rate eps the flip probability is eps + (1 - p)(1 - 2 eps)."""
+    from lightning_post.losses.preference import soft_label_smoothing
+
+    flips = soft_label_smoothing(torch.tensor([1.0, 0.8, 0.5]), 0.0)
+    torch.testing.assert_close(flips, torch.tensor([0.0, 0.2, 0.5]))
+    assert soft_label_smoothing(torch.tensor([0.8]), 0.1).item() == pytest.approx(0.1 + 0.2 * 0.8)
+    # z = (pc - rc) - (pr - rr) = (-1 - -2) - (-3 - -3) = 1; beta = 1
+    args = [torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-3.0])]
+    got = DPO_LOSSES["sigmoid"](*args, beta=1.0, label_smoothing=soft_label_smoothing(torch.tensor([0.8]), 0.0))
+    assert got.item() == pytest.approx(0.8 * sp(-1.0) + 0.2 * sp(1.0), abs=1e-6)

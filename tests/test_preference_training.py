@@ -261,3 +261,34 @@ def test_every_registered_loss_trains_in_the_module(tiny_path, pairs_jsonl, loss
     losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=2)
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert metrics[0]["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # step 0: policy == reference
+
+
+def test_soft_labels_reach_the_dpo_and_reward_losses(tiny_path, tmp_path):
+    """Records with ``label`` p: at step 0 (policy == reference, z = 0) DPO's sigmoid loss is
+    -p log sigma(0) - (1 - p) log sigma(0) = log 2 whatever p; after randomising LoRA it equals the soft formula;
+    a loss that cannot take soft labels is refused with its name; the reward model's loss is the soft BT loss."""
+    from lightning_post.losses.preference import bradley_terry_loss
+
+    records = [dict(r, label=0.45 + 0.05 * i) for i, r in enumerate(_pairs(False))]  # 0.45 .. 1.0
+    path = write_jsonl(tmp_path / "soft.jsonl", records)
+    module = DPOModule(tiny_path, peft=LORA, beta=0.5)
+    dm = data(path, tiny_path, batch_size=12)
+    ready(module, dm)
+    batch = collate_pairs(dm.splits["train"].rows, 0)
+    assert batch["label"].tolist() == pytest.approx([r["label"] for r in records])
+    randomise_lora(module)
+    with torch.no_grad():
+        losses, policy, ref = module.pair_losses(batch, "train")
+    z = 0.5 * ((policy.chosen - ref.chosen) - (policy.rejected - ref.rejected))
+    p = batch["label"]
+    torch.testing.assert_close(losses, -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z), atol=1e-5, rtol=0)
+    hinge = DPOModule(tiny_path, peft=LORA, loss_type="hinge")
+    hinge.configure_model()
+    with pytest.raises(ValueError, match=r"soft labels.*\['hinge'\]"):
+        hinge.pair_losses(batch, "train")
+    reward = RewardModule(tiny_path)
+    reward.configure_model()
+    with torch.no_grad():
+        r_c, r_r = reward.pair_rewards(batch)
+        got = reward.micro_step(batch)["loss_sum"]
+    assert got.item() == pytest.approx(bradley_terry_loss(r_c, r_r, label=p).sum().item(), abs=1e-4)

@@ -89,16 +89,18 @@ def collate_pairs(pairs: Sequence, pad_id: int) -> dict:
     """Batch preference pairs as one concatenated batch ``[chosen_1..chosen_B; rejected_1..rejected_B]``.
 
     One forward over the ``(2B, T)`` rows serves both sides; row ``i`` and row ``B + i`` are the two replies of pair
-    ``i``. Per-pair keys (``(B,)``): ``margin``, ``weight`` and ``index`` (position of the pair in its split).
+    ``i``. Per-pair keys (``(B,)``): ``margin``, ``weight``, ``label`` (soft label, 1 = chosen is better) and
+    ``index`` (position of the pair in its split).
     """
     batch = collate_rows([[p.chosen] for p in pairs] + [[p.rejected] for p in pairs], pad_id)
     batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
     batch["weight"] = torch.tensor([p.weight for p in pairs], dtype=torch.float32)
     batch["index"] = torch.tensor([p.index for p in pairs], dtype=torch.long)
+    batch["label"] = torch.tensor([getattr(p, "label", 1.0) for p in pairs], dtype=torch.float32)
     return batch
 
 
-PAIR_KEYS = ("margin", "weight", "index")
+PAIR_KEYS = ("margin", "weight", "index", "label")
 
 
 def split_pairs(batch: dict, pairs_per_micro_batch: int) -> list[dict]:

@@ -1,7 +1,8 @@
 """Preference pairs as pure transforms: validate a record, format it with a template, tokenise and truncate it.
 
 Accepted record layouts (one per file row); every layout may add a numeric ``margin`` (reward models: the
-preference strength, subtracted inside the Bradley-Terry loss) and/or ``weight`` (scales the pair's loss):
+preference strength, subtracted inside the Bradley-Terry loss), ``weight`` (scales the pair's loss) and/or ``label``
+(a soft label: the probability that ``chosen`` is the better reply, in [0, 1]; 1 when absent):
 
 * explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}``;
 * chat messages: ``{"chosen": [messages], "rejected": [messages]}``, both ending in an assistant turn and sharing
@@ -10,7 +11,7 @@ preference strength, subtracted inside the Bradley-Terry loss) and/or ``weight``
   to and including the last ``\\n\\nAssistant:``, identical in both.
 
 A normalised pair is ``{"prompt": [messages], "raw_prompt": str, "chosen": str, "rejected": str, "margin": float |
-None, "weight": float | None}``. ``raw_prompt`` is the prompt text verbatim (used by the ``raw`` template, so HH-RLHF
+None, "weight": float | None, "label": float | None}``. ``raw_prompt`` is the prompt text verbatim (used by the ``raw`` template, so HH-RLHF
 dialogues keep their own ``Human:/Assistant:`` layout); ``chosen``/``rejected`` are the replies verbatim.
 """
 
@@ -82,6 +83,8 @@ def _number(record: dict, name: str, where: str) -> Optional[float]:
         raise DataError(where, name, f"must be a finite number, got {value!r}")
     if name == "weight" and value < 0:
         raise DataError(where, name, f"must be >= 0, got {value}")
+    if name == "label" and not 0 <= value <= 1:
+        raise DataError(where, name, f"is the probability that chosen is better: must lie in [0, 1], got {value}")
     return float(value)
 
 
@@ -160,6 +163,7 @@ def normalize_preference_record(record: Any, where: str) -> dict[str, Any]:
         "rejected": r,
         "margin": _number(record, "margin", where),
         "weight": _number(record, "weight", where),
+        "label": _number(record, "label", where),
     }
 
 
@@ -214,6 +218,7 @@ class PairExample:
     margin: float = 0.0
     weight: float = 1.0
     index: int = 0
+    label: float = 1.0
 
 
 def truncate_pair(
@@ -269,4 +274,5 @@ def tokenize_pair(
         margin=pair["margin"] or 0.0,
         weight=1.0 if pair["weight"] is None else pair["weight"],
         index=index,
+        label=1.0 if pair.get("label") is None else pair["label"],
     )

@@ -34,6 +34,7 @@ def normalize_prompt_record(record: Any, where: str) -> dict[str, Any]:
     """
     if not isinstance(record, dict):
         raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
+    record = {k: v for k, v in record.items() if v is not None}  # a file mixing layouts: absent fields load as None
     if "chosen" in record or "rejected" in record:
         pair = normalize_preference_record(record, where)
         return {"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"]}

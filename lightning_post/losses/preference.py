@@ -190,9 +190,25 @@ def implicit_rewards(policy_logps: torch.Tensor, ref_logps: Optional[torch.Tenso
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: Optional[torch.Tensor] = None,
-                       center_coef: float = 0.0) -> torch.Tensor:
+                       center_coef: float = 0.0, label: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Reward-model loss ``-log sigma(r_chosen - r_rejected - margin)`` (Bradley & Terry 1952; margin as in
     Llama 2), plus ``center_coef * (r_chosen + r_rejected)^2`` to keep rewards centred at zero (Eisenstein et al.
-    2023). Per pair, ``(B,)``."""
+    2023). With soft labels ``p = label`` (the probability that chosen is better) it is the cross-entropy
+    ``-p log sigma(d) - (1 - p) log sigma(-d)``. Per pair, ``(B,)``."""
     diff = r_chosen - r_rejected - (margin if margin is not None else 0.0)
-    return -F.logsigmoid(diff) + center_coef * (r_chosen + r_rejected) ** 2
+    nll = -F.logsigmoid(diff) if label is None else -label * F.logsigmoid(diff) - (1 - label) * F.logsigmoid(-diff)
+    return nll + center_coef * (r_chosen + r_rejected) ** 2
+
+
+#: losses whose ``label_smoothing`` is a label-flip probability, so a per-pair tensor of them is a soft label
+SOFT_LABEL_LOSSES = ("sigmoid", "simpo", "aot", "aot_unpaired")
+
+
+def soft_label_smoothing(label: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Per-pair flip probability ``(B,)`` of soft labels ``label`` (P(chosen is better)) with a further uniform
+    flip rate ``label_smoothing`` on top: ``eps + (1 - label)(1 - 2 eps)``. Hard labels (1) give ``eps``.
+
+    >>> soft_label_smoothing(torch.tensor([1.0, 0.75, 0.5]), 0.1)
+    tensor([0.1000, 0.3000, 0.5000])
+    """
+    return label_smoothing + (1 - label) * (1 - 2 * label_smoothing)

@@ -10,7 +10,9 @@ from torchmetrics import CatMetric
 from tqdm.auto import tqdm
 
 from lightning_post.data.collate import split_pairs
-from lightning_post.losses.preference import DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, implicit_rewards
+from lightning_post.losses.preference import (
+    DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, SOFT_LABEL_LOSSES, implicit_rewards, soft_label_smoothing,
+)
 from lightning_post.methods.base import AccumulatingModule
 from lightning_post.methods.reference import ReferenceModelMixin
 from lightning_post.models.loading import DEFAULT_MODEL
@@ -183,9 +185,17 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
     def loss_units(self, batch: dict) -> torch.Tensor:
         return torch.tensor(self.batch_items(batch), device=batch["input_ids"].device)
 
-    def _settings(self) -> dict:
+    def _settings(self, label: Optional[torch.Tensor] = None) -> dict:
+        """Loss settings; soft labels (records' ``label`` < 1) become per-pair label-flip probabilities."""
         hp = self.hparams
-        return {"beta": hp.beta, "label_smoothing": hp.label_smoothing, "gamma": hp.simpo_gamma, "tau": hp.discopop_tau}
+        smoothing = hp.label_smoothing
+        if label is not None and not bool((label == 1).all()):
+            unsupported = [t for t in self.loss_types if t not in SOFT_LABEL_LOSSES]
+            if unsupported:
+                raise ValueError(f"the data has soft labels (field 'label' < 1), which loss_type {unsupported} cannot "
+                                 f"use; choose from {list(SOFT_LABEL_LOSSES)} or drop the labels")
+            smoothing = soft_label_smoothing(label, hp.label_smoothing)
+        return {"beta": hp.beta, "label_smoothing": smoothing, "gamma": hp.simpo_gamma, "tau": hp.discopop_tau}
 
     def pair_losses(self, batch: dict, split: str) -> tuple[torch.Tensor, PairLogps, Optional[PairLogps]]:
         """Per-pair losses ``(B,)`` with the policy and reference log-probs (as the first loss sees them)."""
@@ -195,7 +205,7 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
         ref_sums = self._cached_reference(batch, split)  # (2B,) or None
         sums, counts = self.reply_logps(batch)  # (2B,), (2B,)
         losses = combined_preference_loss(self.loss_types, self.loss_weights, sums, ref_sums, counts,
-                                          **self._settings())
+                                          **self._settings(batch.get("label")))
         losses = losses * batch["weight"]
         if hp.rpo_alpha:
             B = batch["index"].shape[0]

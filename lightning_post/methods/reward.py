@@ -118,7 +118,9 @@ class RewardModule(AccumulatingModule):
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         r_c, r_r = self.pair_rewards(micro_batch)
         margin = micro_batch["margin"] if self.hparams.use_margin else None
-        losses = bradley_terry_loss(r_c, r_r, margin, self.hparams.center_coef) * micro_batch["weight"]
+        label = micro_batch.get("label")
+        label = None if label is None or bool((label == 1).all()) else label
+        losses = bradley_terry_loss(r_c, r_r, margin, self.hparams.center_coef, label) * micro_batch["weight"]
         r_c, r_r = r_c.detach(), r_r.detach()
         return {
             "loss_sum": losses.sum(),

@@ -1,0 +1,168 @@
+"""CAIModule: Constitutional AI (Bai et al. 2022) -- the model critiques and revises its own answers against a
+written constitution, then learns from the revisions (SL-CAI); optionally it also labels pairs of its answers by the
+constitution (AI feedback, RL-CAI) for DPOModule or RewardModule."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from lightning_post.cai.constitution import load_constitution
+from lightning_post.cai.loop import ChatGenerator, ai_feedback, critique_revision
+from lightning_post.methods.sft import SFTModule
+from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.models.peft import PeftSettings
+from lightning_post.optim import OptimSettings
+from lightning_post.tracking import mlflow_logger
+
+log = logging.getLogger(__name__)
+
+
+class CAIModule(SFTModule):
+    """Constitutional AI under LightningCLI.
+
+    ``fit``: 1. generation (before training, on one process): for every prompt of the :class:`CAIDataModule` not yet
+    in ``revisions.jsonl``, the critique -> revision loop of :func:`~lightning_post.cai.loop.critique_revision`
+    (and, with ``ai_feedback``, the AI-labelled pairs of :func:`~lightning_post.cai.loop.ai_feedback` into
+    ``feedback.jsonl``), written batch by batch so an interrupted run resumes where it stopped;
+    2. SL-CAI: supervised fine-tuning on each prompt's final revision (the SFT loss, response tokens only);
+    3. the generated files are logged to the MLflow run (``cai/``).
+
+    ``predict``: the generation alone, batch by batch (returns the new records).
+    """
+
+    method = "cai"
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_MODEL,
+        dtype: str = "float32",
+        attn_implementation: Optional[str] = "sdpa",
+        gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        peft: Optional[PeftSettings] = None,
+        optim: OptimSettings = OptimSettings(),
+        micro_batch_size: Optional[int] = None,
+        gradient_clip_val: Optional[float] = 1.0,
+        constitution: Optional[str] = None,
+        language: str = "en",
+        rounds: int = 1,
+        principle_choice: str = "sample",
+        revision_threshold: float = 0.5,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_prompt_length: int = 1024,
+        ai_feedback: bool = False,
+        feedback_temperature: float = 1.0,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            model_name_or_path: alias, local folder or hub id of the model that answers, critiques, revises and
+                learns.
+            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
+            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2``.
+            gradient_checkpointing: recompute activations in backward to save memory.
+            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
+            peft: parameter-efficient method (LoRA, ...); omit for full fine-tuning.
+            optim: optimizer and learning-rate schedule of SL-CAI.
+            micro_batch_size: rows per forward/backward in training.
+            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
+            constitution: YAML constitution or the paper's JSON of critique/revision requests (``null`` = the
+                bundled five principles).
+            language: language of the constitution's texts (the bundled one has ``en`` and ``ko``).
+            rounds: critique -> revision rounds per prompt (each revises the previous round's answer).
+            principle_choice: ``sample`` (one principle drawn per prompt and round, seeded) or ``cycle`` (round r
+                uses principle r; ``rounds`` = the number of principles applies every principle in turn).
+            revision_threshold: revise when the model's probability of "yes, revise" (normalised over yes/no) is at
+                least this.
+            max_new_tokens: longest generated answer, critique or revision.
+            temperature: sampling temperature of answers, critiques and revisions (0 = greedy).
+            top_p: nucleus sampling threshold when sampling.
+            max_prompt_length: longer generation prompts keep their last tokens.
+            ai_feedback: also write AI-labelled preference pairs (RL-CAI data) to ``feedback.jsonl``.
+            feedback_temperature: sampling temperature of the two answers compared by AI feedback.
+            seed: seed of the principle draws and of sampling.
+        """
+        super().__init__(model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code,
+                         peft, optim, micro_batch_size, gradient_clip_val)
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        if principle_choice not in ("sample", "cycle"):
+            raise ValueError(f"principle_choice must be 'sample' or 'cycle', got {principle_choice!r}")
+        if not 0.0 <= revision_threshold <= 1.0:
+            raise ValueError(f"revision_threshold must lie in [0, 1], got {revision_threshold}")
+        self.constitution = load_constitution(constitution, language)  # a bad file fails before any work
+
+    # ---- generation ------------------------------------------------------------------------------------------
+    def generator(self) -> ChatGenerator:
+        hp = self.hparams
+        dm = self.trainer.datamodule
+        return ChatGenerator(self.model, self.tokenizer, dm.hparams.generation_batch_size, hp.max_new_tokens,
+                             hp.temperature, hp.top_p, hp.max_prompt_length)
+
+    def generate_records(self, items: list[dict]) -> list[dict]:
+        """Run the loop(s) on the prompt ``items`` that lack records and append them to the data module's files;
+        returns the new critique -> revision records."""
+        hp, dm = self.hparams, self.trainer.datamodule
+        gen = self.generator()
+        done = dm.revisions.done_ids()
+        todo = [it for it in items if it["id"] not in done]
+        records = critique_revision(gen, todo, self.constitution, hp.rounds, hp.principle_choice,
+                                    hp.revision_threshold, hp.seed) if todo else []
+        dm.revisions.append(records)
+        if hp.ai_feedback:
+            done = dm.feedback.done_ids()
+            todo = [it for it in items if it["id"] not in done]
+            if todo:
+                dm.feedback.append(ai_feedback(gen, todo, self.constitution, hp.feedback_temperature,
+                                               hp.principle_choice, hp.seed))
+        return records
+
+    def prepare_data(self) -> None:
+        """Before fit (one process per node): generate what ``revisions.jsonl`` lacks, then SL-CAI trains on it."""
+        if self.trainer.state.fn != "fit":
+            return
+        dm = self.trainer.datamodule
+        pending = dm.pending(dm.revisions)
+        if self.hparams.ai_feedback:
+            ids = {it["id"] for it in pending}
+            pending += [it for it in dm.pending(dm.feedback) if it["id"] not in ids]
+        if not pending:
+            log.info("every prompt already has its records in %s", dm.revisions.path.parent)
+            return
+        self.configure_model()
+        self.model.to(self.trainer.strategy.root_device)
+        torch.manual_seed(self.hparams.seed)
+        size = dm.hparams.generation_batch_size
+        for start in tqdm(range(0, len(pending), size), desc="Constitutional AI", unit="batch"):
+            self.generate_records(pending[start: start + size])
+        log.info("Constitutional AI: %d prompts generated into %s", len(pending), dm.revisions.path.parent)
+
+    def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
+        return self.generate_records(batch)
+
+    def _log_outputs(self) -> None:
+        logger = mlflow_logger(self.trainer)
+        dm = self.trainer.datamodule
+        if logger is None or not self.trainer.is_global_zero:
+            return
+        for store in (dm.revisions, dm.feedback):
+            if store.path.exists():
+                logger.experiment.log_artifact(logger.run_id, str(store.path), artifact_path="cai")
+        records = dm.revisions.read()
+        if records:
+            revised = sum(r["revised"] for r in records)
+            logger.log_metrics({"cai/records": len(records), "cai/revised_fraction": revised / len(records),
+                                "cai/p_revise": sum(r["p_revise"] for r in records) / len(records)}, step=0)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._log_outputs()
+
+    def on_predict_end(self) -> None:
+        self._log_outputs()
