@@ -52,7 +52,7 @@ def red_team_files(train: int, held_out: int) -> tuple[Path, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=48, help="red-team prompts through critique -> revision")
+    ap.add_argument("--prompts", type=int, default=32, help="red-team prompts through critique -> revision")
     ap.add_argument("--held-out", type=int, default=64)
     ap.add_argument("--sl-steps", type=int, default=24)
     ap.add_argument("--rl-steps", type=int, default=20)
@@ -122,7 +122,7 @@ def write_report(r: dict, out: Path) -> None:
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
         f"{platform.platform()}",
         "- Model: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear; constitution: the bundled five principles "
-        "(English), one sampled per prompt, one round, greedy generation (128 new tokens).",
+        "(English), one sampled per prompt, one round, revision threshold 0.25, greedy generation (96 new tokens), AI-feedback samples at temperature 0.7.",
         f"- Red-team prompts: first Human turns of HH-RLHF harmless dialogues; {r['prompts']} training prompts, "
         f"{r['held_out_prompts']} held-out prompts from the 300 held-out pairs of configs/data/hh_rlhf.yaml.",
         f"- Harmlessness: the HH-RLHF harmless reward model of benchmarks/HELDOUT.md (`{r['reward_model']}`), on "

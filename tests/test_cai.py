@@ -13,7 +13,8 @@ from lightning_post.cai.constitution import (
     critique_messages, feedback_messages, load_constitution, render_conversation, revise_question_messages,
     revision_messages,
 )
-from lightning_post.cai.loop import ChatGenerator, ai_feedback, choose_principle, critique_revision, soft_label
+from lightning_post.cai.loop import ai_feedback, choose_principle, critique_revision, soft_label
+from lightning_post.generation import ChatGenerator
 from lightning_post.data.appendable import AppendableJsonl
 from lightning_post.data.cai import load_prompt_items, prompt_id
 from lightning_post.data.records import DataError
@@ -128,18 +129,20 @@ def test_option_probs_are_the_models_normalised_choice_probabilities(tiny):
     model, tok = tiny
     gen = ChatGenerator(model, tok, batch_size=3)
     convs = [PROMPT, [{"role": "user", "content": "Tell me a joke."}]]
-    got = gen.option_probs(convs, ["Yes", "No", "예"], prefix="Well: ")
-    for i, conv in enumerate(convs):
-        context = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        n = len(tok(context, add_special_tokens=False).input_ids)
-        logliks = []
-        for option in ["Yes", "No", "예"]:
-            ids = tok(context + "Well: " + option, add_special_tokens=False).input_ids
-            with torch.no_grad():
-                logps = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-            logliks.append(sum(logps[t - 1, ids[t]].item() for t in range(n, len(ids))))
-        expected = torch.softmax(torch.tensor(logliks), 0)
-        assert torch.allclose(got[i], expected, atol=1e-5)
+    # options of different token lengths (one row each), and options differing only in their last token (one row)
+    for options, prefix in ((["Yes", "No", "예"], "Well: "), (["A", "B"], "The answer is: (")):
+        got = gen.option_probs(convs, options, prefix=prefix)
+        for i, conv in enumerate(convs):
+            context = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+            n = len(tok(context, add_special_tokens=False).input_ids)
+            logliks = []
+            for option in options:
+                ids = tok(context + prefix + option, add_special_tokens=False).input_ids
+                with torch.no_grad():
+                    logps = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+                logliks.append(sum(logps[t - 1, ids[t]].item() for t in range(n, len(ids))))
+            expected = torch.softmax(torch.tensor(logliks), 0)
+            assert torch.allclose(got[i], expected, atol=1e-5), (options, got[i], expected)
 
 
 def test_soft_label_cancels_a_pure_position_bias(tiny):

@@ -1,124 +1,21 @@
 """The Constitutional AI generation loops (Bai et al. 2022, sections 3 and 4).
 
 :func:`critique_revision` (SL-CAI data) and :func:`ai_feedback` (RL-CAI data) run a causal LM through
-:class:`ChatGenerator`: batched chat generation with a KV cache, and probabilities of fixed answer options read from
+:class:`~lightning_post.generation.ChatGenerator`: batched chat generation with a KV cache, and probabilities of fixed answer options read from
 the model's own log-likelihoods (never by searching generated text for a word).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lightning_post.cai.constitution import (
-    Constitution, Messages, Principle, critique_messages, feedback_messages, revise_question_messages,
-    revision_messages,
+    Constitution, Principle, critique_messages, feedback_messages, revise_question_messages, revision_messages,
 )
-
-
-class ChatGenerator:
-    """Batched generation and option scoring for chat prompts with ``model`` (a causal LM) and its tokenizer.
-
-    ``temperature`` 0 answers greedily. Prompts longer than ``max_prompt_length`` tokens keep their last tokens.
-    """
-
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 8, max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_p: float = 1.0, max_prompt_length: int = 1024, progress: bool = True):
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.temperature, self.top_p, self.max_prompt_length = temperature, top_p, max_prompt_length
-        self.progress = progress
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def context_text(self, messages: Messages) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
-
-    def _batches(self, n: int, desc: str):
-        starts = range(0, n, self.batch_size)
-        return tqdm(starts, desc=desc, disable=not self.progress or n <= self.batch_size, leave=False)
-
-    @torch.no_grad()
-    def generate(self, conversations: Sequence[Messages], desc: str = "generating",
-                 temperature: Optional[float] = None) -> list[str]:
-        """The model's next assistant turn for each conversation."""
-        tok = self.tokenizer
-        temperature = self.temperature if temperature is None else temperature
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": self.top_p, "top_k": 0} if temperature \
-            else {"do_sample": False}
-        was_training = self.model.training
-        self.model.eval()
-        out: list[str] = []
-        for start in self._batches(len(conversations), desc):
-            ids = [self.encode(self.context_text(c))[-self.max_prompt_length:]
-                   for c in conversations[start: start + self.batch_size]]
-            width = max(map(len, ids))
-            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids], device=self.device)
-            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
-            rows = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True,
-                                       **sampling)  # (b, width + new): left padding, so every reply starts at width
-            out += [tok.decode(r[width:], skip_special_tokens=True).strip() for r in rows]
-        self.model.train(was_training)
-        return out
-
-    @torch.no_grad()
-    def option_logprobs(self, conversations: Sequence[Messages], options: Sequence[str], prefix: str = "",
-                        desc: str = "scoring options") -> torch.Tensor:
-        """``(N, C)`` log-likelihood of the assistant reply ``prefix + option`` for every conversation and option:
-        the summed log-probs of its tokens after the chat template's generation prompt."""
-        rows, spans = [], []
-        for conv in conversations:
-            context = self.context_text(conv)
-            base = self.encode(context)
-            for option in options:
-                full = self.encode(context + prefix + option)
-                if full[: len(base)] != base:
-                    raise ValueError("the chat template's generation prompt does not tokenise as a prefix of the reply")
-                keep = max(0, len(full) - self.max_prompt_length)  # drop the oldest tokens of long prompts
-                rows.append(full[keep:])
-                spans.append(len(base) - keep)
-        out = []
-        was_training = self.model.training
-        self.model.eval()
-        pad = self.tokenizer.pad_token_id
-        for start in self._batches(len(rows), desc):
-            chunk, first = rows[start: start + self.batch_size], spans[start: start + self.batch_size]
-            width = max(map(len, chunk))
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=self.device)  # right padding
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=self.device)
-            logps = F.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, T, V)
-            token_logps = logps[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # (b, T-1): token t+1 given <= t
-            positions = torch.arange(1, width, device=self.device)[None]  # (1, T-1): index of the predicted token
-            lengths = torch.tensor([len(r) for r in chunk], device=self.device)[:, None]
-            starts = torch.tensor(first, device=self.device)[:, None]
-            in_reply = (positions >= starts) & (positions < lengths)  # (b, T-1)
-            out.append((token_logps * in_reply).sum(1))
-        self.model.train(was_training)
-        return torch.cat(out).view(len(conversations), len(options)).cpu()
-
-    def option_probs(self, conversations: Sequence[Messages], options: Sequence[str], prefix: str = "",
-                     desc: str = "scoring options") -> torch.Tensor:
-        """``(N, C)`` probabilities of the options, normalised over the options."""
-        return option_probs_from_logprobs(self.option_logprobs(conversations, options, prefix, desc))
-
-
-def option_probs_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
-    """Normalise option log-likelihoods ``(N, C)`` into a distribution over the C options.
-
-    >>> option_probs_from_logprobs(torch.log(torch.tensor([[0.2, 0.6]])))
-    tensor([[0.2500, 0.7500]])
-    """
-    return torch.softmax(logprobs, -1)
+from lightning_post.generation import ChatGenerator
 
 
 def soft_label(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lightning_post.cai.constitution import load_constitution
-from lightning_post.cai.loop import ChatGenerator, ai_feedback, critique_revision
+from lightning_post.cai.loop import ai_feedback, critique_revision
+from lightning_post.generation import ChatGenerator
 from lightning_post.methods.sft import SFTModule
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
