@@ -33,9 +33,14 @@ def client(cwd):
 
 def test_every_config_prints(tmp_path):
     """Every shipped YAML parses (strategy overlays on top of the SFT config)."""
-    base = [p for p in sorted(CONFIGS.glob("*.yaml"))]
+    from lightning_post.evaluation.commands import COMMAND_CLASSES, parse_command
+
+    commands = {p: name for p in CONFIGS.glob("*.yaml") for name in COMMAND_CLASSES if p.stem.endswith(name)}
+    base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands]
     overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
-    assert base and overlays
+    assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate"]
+    for cfg, name in commands.items():  # evaluate / abtest configs parse into their command
+        assert isinstance(parse_command(name, ["--config", str(cfg)])[1], COMMAND_CLASSES[name]), cfg
     for cfg in base:
         out = cli(["fit", "--config", str(cfg), "--print_config"], tmp_path)
         assert "class_path: lightning_post." in out.stdout, cfg

@@ -477,18 +477,27 @@ class ABTest:
         return report
 
 
-def run_command(name: str, argv: list[str]) -> dict:
-    """Parse ``--config`` YAML and flags into :class:`Evaluate` or :class:`ABTest` and run it."""
+#: ``lightning-post <name>`` commands and the configs of each (a config file's name ends with its command)
+COMMAND_CLASSES = {"evaluate": Evaluate, "abtest": ABTest}
+
+
+def parse_command(name: str, argv: list[str]):
+    """``(parser, command)``: ``--config`` YAML and flags parsed into an :class:`Evaluate` or :class:`ABTest`."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    cls = {"evaluate": Evaluate, "abtest": ABTest}[name]
+    cls = COMMAND_CLASSES[name]
     parser = ArgumentParser(prog=f"lightning-post {name}", description=cls.__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(cls)
     cfg = parser.parse_args(argv).as_dict()
     cfg.pop("config", None)
     cfg.pop("__path__", None)
-    command = cls(**cfg)
+    return parser, cls(**cfg)
+
+
+def run_command(name: str, argv: list[str]) -> dict:
+    """Parse and run a command; a bad input file stops it with file, line and field."""
+    parser, command = parse_command(name, argv)
     try:
         return command.run()
     except DataError as e:
