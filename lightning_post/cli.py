@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning_post.callbacks.export import ExportModel
 from lightning_post.callbacks.samples import GenerationSamples
 from lightning_post.callbacks.scores import ScoreWriter
+from lightning_post.callbacks.test_metrics import TestGenerationMetrics
 from lightning_post.tracking import flatten, git_commit, log_text_artifact, mlflow_logger, set_tags
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class PostCLI(LightningCLI):
         parser.add_lightning_class_args(GenerationSamples, "samples")
         parser.add_lightning_class_args(ExportModel, "export")
         parser.add_lightning_class_args(ScoreWriter, "scores")
+        parser.add_lightning_class_args(TestGenerationMetrics, "test_metrics")
         # the data module tokenises with the model's tokenizer: one value, set once
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer", apply_on="parse")
 

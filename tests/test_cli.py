@@ -124,6 +124,18 @@ def test_test_stage_reports_loss_perplexity_and_samples(tiny_run):
     test_run = runs[0]
     assert "test/loss" in test_run.data.metrics
     assert any(a.path.startswith("samples/test_") for a in c.list_artifacts(test_run.info.run_id, "samples"))
+    # generation metrics of the test stage: answers to the test prompts scored against their references
+    for key in ("test/bleu", "test/corpus_bleu", "test/rouge1", "test/rouge2", "test/rougeL", "test/bertscore"):
+        assert key in test_run.data.metrics, key
+    from lightning_post.evaluation.text_metrics import sentence_bleu, sentence_rouge
+
+    table = json.loads(Path(c.download_artifacts(test_run.info.run_id, "test_generations.json", str(cwd))).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert rows and all(r["reference"] for r in rows)
+    for r in rows:
+        assert r["bleu"] == pytest.approx(sentence_bleu(r["answer"], r["reference"]))
+        assert r["rouge1"] == pytest.approx(sentence_rouge(r["answer"], r["reference"])["rouge1"], abs=1e-6)
+    assert test_run.data.metrics["test/rouge1"] == pytest.approx(sum(r["rouge1"] for r in rows) / len(rows), abs=1e-5)
 
 
 def test_bad_input_stops_before_anything_is_written(tmp_path):

@@ -205,3 +205,22 @@ def test_abtest_aa_finds_nothing_and_planted_annotations_ship_b(tmp_path):
     out = cli(["abtest", "--config", str(CONFIGS / "tiny_abtest.yaml"), "--annotations", str(ann)], tmp_path,
               check=False)
     assert out.returncode != 0 and f"{ann}:1: field 'verdict'" in out.stderr
+
+
+def test_test_stage_prompts_and_references_from_batches(tokenizer):
+    """The reference is a row's last labelled run (the last assistant turn), the prompt everything before it;
+    preference batches give their chosen rows; packed rows are skipped."""
+    from lightning_post.callbacks.test_metrics import prompts_and_references
+    from lightning_post.data.collate import collate_rows
+    from lightning_post.data.tokenize import Tokenized
+
+    enc = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    p1, r1, p2, r2 = enc("User: hi"), enc(" Hello!"), enc(" User: and?"), enc(" More.")
+    multi = Tokenized(p1 + r1 + p2 + r2, [-100] * len(p1) + r1 + [-100] * len(p2) + r2)
+    single = Tokenized(p1 + r1, [-100] * len(p1) + r1)
+    batch = collate_rows([[multi], [single], [single, single]], tokenizer.pad_token_id)
+    got = prompts_and_references(batch, tokenizer)
+    assert got == [(p1 + r1 + p2, "More."), (p1, "Hello!")]  # the packed third row is skipped
+    pairs = collate_rows([[single], [multi]], tokenizer.pad_token_id)  # chosen = single, rejected = multi
+    pairs.update(index=torch.tensor([0]), weight=torch.tensor([1.0]), margin=torch.tensor([0.0]))
+    assert prompts_and_references(pairs, tokenizer) == [(p1, "Hello!")]
