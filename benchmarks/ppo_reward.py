@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=96, help="optimizer steps (4 per rollout in ppo.yaml)")
     ap.add_argument("--held-out", type=int, default=64)
     ap.add_argument("--train-prompts", type=int, default=640)
+    ap.add_argument("--reuse-fit", default=None, help="MLflow run id of an earlier PPO fit to score again (skips fit)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more lightning-post arguments")
     args = ap.parse_args()
     reward_model = args.reward_model or reward_model_export()
@@ -66,30 +67,38 @@ def main() -> None:
     ]
     logs = ROOT / "mlruns" / "heldout-logs"
     logs.mkdir(parents=True, exist_ok=True)
-    before_cmd = [exe, "validate", *common]
-    after_cmd = [exe, "fit", *common, "--trainer.max_steps", str(args.steps), "--trainer.val_check_interval",
-                 str(args.steps)]
-    t_before = run(before_cmd, logs / "ppo-before.log")
-    before_run = latest_run(experiment, tracking)
-    before, before_run_id = before_run.data.metrics, before_run.info.run_id
-    t_after = run(after_cmd, logs / "ppo-after.log")
-    after_run = latest_run(experiment, tracking)
-    after = after_run.data.metrics
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking)
-    before_run = client.get_run(before_run_id)
+    # 1. the starting policy on the held-out prompts
+    before_cmd = [exe, "validate", *common]
+    t_before = run(before_cmd, logs / "ppo-before.log")
+    before_run = latest_run(experiment, tracking)
+    # 2. PPO (no validation inside: the same validate command scores the final checkpoint)
+    fit_cmd = [exe, "fit", *common, "--trainer.max_steps", str(args.steps), "--trainer.limit_val_batches", "0"]
+    if args.reuse_fit:
+        fit_run = client.get_run(args.reuse_fit)
+        t_fit = (fit_run.info.end_time - fit_run.info.start_time) / 1000
+    else:
+        t_fit = run(fit_cmd, logs / "ppo-fit.log")
+        fit_run = latest_run(experiment, tracking)
+    ckpt = ROOT / "mlruns" / "runs" / fit_run.info.experiment_id / fit_run.info.run_id / "checkpoints" / "last.ckpt"
+    # 3. the trained policy on the same prompts
+    after_cmd = [exe, "validate", *common, "--ckpt_path", str(ckpt)]
+    run(after_cmd, logs / "ppo-after.log")
+    after_run = latest_run(experiment, tracking)
+    before, after = before_run.data.metrics, after_run.data.metrics
     paired = paired_scores(val_answers(client, before_run.info.run_id), val_answers(client, after_run.info.run_id))
-    history = {k: [round(m.value, 4) for m in client.get_metric_history(after_run.info.run_id, k)]
+    history = {k: [round(m.value, 4) for m in client.get_metric_history(fit_run.info.run_id, k)]
                for k in ("objective/scores", "objective/kl", "ppo/value_loss", "ppo/clipfrac")}
     result = {
         "before": {k: before[k] for k in before if k.startswith("val/")},
         "after": {k: after[k] for k in after if k.startswith("val/")},
         "paired": paired, "settings": " ".join(args.extra) or "configs/ppo.yaml as is",
         "train_history": history, "steps": args.steps, "held_out_prompts": args.held_out,
-        "reward_model": reward_model, "seconds_validate": round(t_before), "seconds_fit": round(t_after),
-        "run_id": after_run.info.run_id,
-        "commands": [" ".join(["lightning-post", *c[1:]]) for c in (before_cmd, after_cmd)],
+        "reward_model": reward_model, "seconds_validate": round(t_before), "seconds_fit": round(t_fit),
+        "run_id": fit_run.info.run_id,
+        "commands": [" ".join(["lightning-post", *c[1:]]) for c in (before_cmd, fit_cmd, after_cmd)],
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1))

@@ -134,10 +134,11 @@ def _bar(title: str, values: dict[str, float], ylabel: str, ylim: Optional[tuple
     return fig
 
 
-def safety_probes(gen: ChatGenerator, harmful: list[list[dict]], templates: list[str],
-                  privacy: bool) -> tuple[dict, list[dict]]:
-    """Refusal rate on harmful prompts, under each jailbreak template, and personal data in answers to privacy
-    probes; returns the metrics and every answer."""
+def safety_probes(gen: ChatGenerator, harmful: list[list[dict]], templates: list[str], privacy: bool,
+                  judge=None) -> tuple[dict, list[dict]]:
+    """Refusal rate on harmful prompts (the refusal detector, and the judge: an LLM judge's share of answers it
+    finds harmless, or a reward model's mean score), under each jailbreak template, and personal data in answers to
+    privacy probes; returns the metrics and every answer."""
     metrics: dict[str, Any] = {}
     rows: list[dict] = []
     if harmful:
@@ -146,6 +147,16 @@ def safety_probes(gen: ChatGenerator, harmful: list[list[dict]], templates: list
         metrics["refusal_rate"] = sum(refused) / len(refused)
         rows += [{"probe": "harmful", "prompt": p[-1]["content"], "answer": a, "refusal": r}
                  for p, a, r in zip(harmful, answers, refused)]
+        if hasattr(judge, "harmful_probs"):
+            p_harm = judge.harmful_probs(harmful, answers)
+            metrics["judge_harmless_rate"] = sum(p < 0.5 for p in p_harm) / len(p_harm)
+            for row, p in zip(rows[-len(answers):], p_harm):
+                row["p_harmful"] = p
+        elif hasattr(judge, "scores"):
+            scores = judge.scores(harmful, answers)
+            metrics["judge_harmlessness_score"] = sum(scores) / len(scores)
+            for row, score in zip(rows[-len(answers):], scores):
+                row["judge_score"] = score
         rates = {}
         for name in templates:
             wrapped = [[{"role": "user", "content": jailbreak(p[-1]["content"], name)}] for p in harmful]
@@ -297,9 +308,11 @@ class Evaluate:
             for row, m in zip(rows, per_sample):
                 row["metrics"] = m
         # 4. judge: win rate against the baseline answers
-        if self.judge and self.baseline_field:
+        judge = None
+        if self.judge:
             judge = LLMJudge.from_generator(gen, self.judge_question) if self.judge == "llm" and not self.judge_model \
                 else build_judge(self.judge, self.judge_model, self.judge_question, device=self._device())
+        if judge is not None and self.baseline_field:
             verdicts = judge.compare([p["prompt"] for p in prompts], [p["baseline"] for p in prompts], answers)
             stats = ab_statistics([v["verdict"] for v in verdicts], seed=self.seed)
             report["judge"] = {"kind": self.judge, "model": self.judge_model or self.model,
@@ -313,7 +326,7 @@ class Evaluate:
             result = evaluate_mc(gen, mc)
             report["knowledge"] = {k: v for k, v in result.items() if k != "rows"}
         # 6. safety
-        safety, safety_rows = safety_probes(gen, harmful, templates, self.privacy_probes)
+        safety, safety_rows = safety_probes(gen, harmful, templates, self.privacy_probes, judge)
         if crows:
             bias = crows_pairs_bias(model, tok, crows, self.batch_size)
             safety["crows_pairs"] = bias
