@@ -79,6 +79,7 @@ def main() -> None:
     if args.reuse_fit:
         fit_run = client.get_run(args.reuse_fit)
         t_fit = (fit_run.info.end_time - fit_run.info.start_time) / 1000
+        fit_cmd = [exe, f"(reused the fit of MLflow run {args.reuse_fit})"]
     else:
         t_fit = run(fit_cmd, logs / "ppo-fit.log")
         fit_run = latest_run(experiment, tracking)
