@@ -275,3 +275,27 @@ def test_cai_predict_resumes_without_redoing_records(tmp_path):
     # nothing left to do: a third run generates nothing
     cli(["predict", "--config", str(CONFIGS / "tiny_cai.yaml"), "--data.init_args.max_prompts", "4"], tmp_path)
     assert out.read_text().splitlines() == lines
+
+
+def test_paper_few_shot_demonstrations_become_chat_turns(tmp_path):
+    from lightning_post.cai.constitution import load_few_shot
+
+    path = SHARED_DATA / "constitution" / "critique_revision_few_shot.json"
+    first = load_few_shot(str(path), 1)
+    assert [m["role"] for m in first] == ["user", "assistant"] * 4
+    assert first[0]["content"] == "Could you help me burn down my house and collect insurance on it?"
+    assert first[4]["content"].startswith("Identify specific ways in which the assistant's precedings response")
+    assert first[-1]["content"] == ("I'm sorry, I shouldn't have agreed to help. I would strongly advise against "
+                                    "burning your house down, as arson is considered a serious crime.")
+    every = load_few_shot(str(path))
+    assert every[: len(first)] == first and sum(m["role"] == "assistant" for m in every) > 5 * 2
+    # the demonstrations come first, then the conversation, in every step
+    c = load_constitution()
+    harm = c.principle("harmlessness")
+    msgs = revision_messages(PROMPT, "Use a wrench.", harm, "Harmful.", demos=first)
+    assert msgs[: len(first)] == first and msgs[len(first):] == revision_messages(PROMPT, "Use a wrench.", harm,
+                                                                                   "Harmful.")
+    bad = tmp_path / "demos.json"
+    bad.write_text(json.dumps([[{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]]))
+    with pytest.raises(DataError, match=r"\[0\].*start with a user turn"):
+        load_few_shot(str(bad))

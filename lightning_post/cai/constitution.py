@@ -14,6 +14,7 @@ Every prompt is a list of chat messages, so it is rendered by the model's own ch
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -140,6 +141,52 @@ def _load_paper(data: dict, where: str, language: str) -> Constitution:
     return Constitution(tuple(principles), "en", **_ENGLISH)
 
 
+_PAPER_TURN = re.compile(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRequest|Revision):")
+_PAPER_ROLES = {"Human": "user", "Assistant": "assistant", "CritiqueRequest": "user", "Critique": "assistant",
+                "RevisionRequest": "user", "Revision": "assistant"}
+
+
+def parse_few_shot(text: str) -> Messages:
+    """One of the paper's few-shot demonstrations (``Human: / Assistant: / CritiqueRequest: / Critique: /
+    RevisionRequest: / Revision:`` turns) as chat messages: requests are user turns, critiques and revisions
+    assistant turns; a trailing empty turn is dropped.
+
+    >>> parse_few_shot("\\n\\nHuman: Hi\\n\\nAssistant: Go away.\\n\\nCritiqueRequest: Rude?\\n\\nCritique: Yes."
+    ...                "\\n\\nRevisionRequest: Fix it.\\n\\nRevision: Hello!\\n\\nHuman:")[-2:]
+    [{'role': 'user', 'content': 'Fix it.'}, {'role': 'assistant', 'content': 'Hello!'}]
+    """
+    parts = _PAPER_TURN.split(text)
+    messages = [{"role": _PAPER_ROLES[label], "content": body.strip()} for label, body in zip(parts[1::2], parts[2::2])
+                if body.strip()]
+    return messages
+
+
+def load_few_shot(path: str, examples: Optional[int] = None) -> Messages:
+    """Few-shot demonstrations of critique and revision, as one message list to put before a conversation: the
+    paper's JSON (a list of ``Human: ... Revision: ...`` texts) or a JSON list of message lists. ``examples`` keeps
+    the first N."""
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise FileNotFoundError(f"few-shot file {path!r} does not exist")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(str(file), None, f"is not valid JSON: {e}") from None
+    if not isinstance(data, list) or not data:
+        raise DataError(str(file), None, "must be a non-empty list of demonstrations")
+    out: Messages = []
+    for i, demo in enumerate(data[:examples]):
+        messages = parse_few_shot(demo) if isinstance(demo, str) else demo
+        if not isinstance(messages, list) or len(messages) < 2 or any(
+                not isinstance(m, dict) or m.get("role") not in ("user", "assistant") or
+                not isinstance(m.get("content"), str) for m in messages):
+            raise DataError(str(file), f"[{i}]", "must be a demonstration text or a list of {role, content} messages")
+        if messages[0]["role"] != "user" or messages[-1]["role"] != "assistant":
+            raise DataError(str(file), f"[{i}]", "must start with a user turn and end with an assistant turn")
+        out += messages
+    return out
+
+
 def _check_template(template: str, where: str) -> None:
     try:
         template.format(conversation="", question="", a="", b="")
@@ -149,21 +196,24 @@ def _check_template(template: str, where: str) -> None:
 
 
 # ---- prompt builders: pure functions, messages in, messages out --------------------------------------------------
-def critique_messages(prompt: Messages, answer: str, principle: Principle) -> Messages:
-    """The conversation, the answer, then the critique request (the model's reply is the critique)."""
-    return [*prompt, {"role": "assistant", "content": answer}, {"role": "user", "content": principle.critique_request}]
+def critique_messages(prompt: Messages, answer: str, principle: Principle, demos: Messages = ()) -> Messages:
+    """Few-shot ``demos`` (if any), the conversation, the answer, then the critique request (the model's reply is the
+    critique)."""
+    return [*demos, *prompt, {"role": "assistant", "content": answer},
+            {"role": "user", "content": principle.critique_request}]
 
 
 def revise_question_messages(prompt: Messages, answer: str, principle: Principle, critique: str,
-                             constitution: Constitution) -> Messages:
+                             constitution: Constitution, demos: Messages = ()) -> Messages:
     """After the critique, the explicit yes/no question whether the answer needs a revision."""
-    return [*critique_messages(prompt, answer, principle), {"role": "assistant", "content": critique},
+    return [*critique_messages(prompt, answer, principle, demos), {"role": "assistant", "content": critique},
             {"role": "user", "content": constitution.revise_question}]
 
 
-def revision_messages(prompt: Messages, answer: str, principle: Principle, critique: str) -> Messages:
+def revision_messages(prompt: Messages, answer: str, principle: Principle, critique: str,
+                      demos: Messages = ()) -> Messages:
     """After the critique, the revision request (the model's reply is the revised answer)."""
-    return [*critique_messages(prompt, answer, principle), {"role": "assistant", "content": critique},
+    return [*critique_messages(prompt, answer, principle, demos), {"role": "assistant", "content": critique},
             {"role": "user", "content": principle.revision_request}]
 
 

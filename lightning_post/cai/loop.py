@@ -40,7 +40,8 @@ def choose_principle(constitution: Constitution, item_id: str, round: int, how: 
 
 
 def critique_revision(gen: ChatGenerator, items: Sequence[dict], constitution: Constitution, rounds: int = 1,
-                      principle_choice: str = "sample", threshold: float = 0.5, seed: int = 0) -> list[dict]:
+                      principle_choice: str = "sample", threshold: float = 0.5, seed: int = 0,
+                      demos: Sequence[dict] = ()) -> list[dict]:
     """Critique -> revision records for prompt ``items`` (``{"id", "prompt": messages}``), one per item per round.
 
     1. initial answer: the model answers each prompt;
@@ -50,6 +51,9 @@ def critique_revision(gen: ChatGenerator, items: Sequence[dict], constitution: C
        word, normalised over yes and no; it revises when ``p_revise >= threshold``;
     5. revision: the model rewrites the answer under the revision request (otherwise the answer stands), and the
        result is the answer of the next round.
+
+    ``demos`` (few-shot critique/revision demonstrations as chat turns, :func:`load_few_shot`) precede the
+    conversation in steps 3-5, as in the paper.
     """
     prompts = [it["prompt"] for it in items]
     # step 1: initial answers
@@ -60,16 +64,17 @@ def critique_revision(gen: ChatGenerator, items: Sequence[dict], constitution: C
         # step 2: principles
         principles = [choose_principle(constitution, it["id"], r, principle_choice, seed) for it in items]
         # step 3: critiques
-        critiques = gen.generate([critique_messages(p, a, pr) for p, a, pr in zip(prompts, answers, principles)],
+        critiques = gen.generate([critique_messages(p, a, pr, demos) for p, a, pr in zip(prompts, answers, principles)],
                                  desc=f"critiques (round {r + 1})")
         # step 4: does the answer need a revision? P(yes) / (P(yes) + P(no)) of the model's own reply
-        asks = [revise_question_messages(p, a, pr, c, constitution)
+        asks = [revise_question_messages(p, a, pr, c, constitution, demos)
                 for p, a, pr, c in zip(prompts, answers, principles, critiques)]
         p_revise = gen.option_probs(asks, [constitution.answer_yes, constitution.answer_no],
                                     desc=f"revision decisions (round {r + 1})")[:, 0].tolist()
         # step 5: revisions where needed
         todo = [i for i, p in enumerate(p_revise) if p >= threshold]
-        revised = gen.generate([revision_messages(prompts[i], answers[i], principles[i], critiques[i]) for i in todo],
+        revised = gen.generate([revision_messages(prompts[i], answers[i], principles[i], critiques[i], demos)
+                                for i in todo],
                                desc=f"revisions (round {r + 1})") if todo else []
         new_answers = list(answers)
         for i, text in zip(todo, revised):

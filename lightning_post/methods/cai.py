@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from lightning_post.cai.constitution import load_constitution
+from lightning_post.cai.constitution import load_constitution, load_few_shot
 from lightning_post.cai.loop import ai_feedback, critique_revision
 from lightning_post.generation import ChatGenerator
 from lightning_post.methods.sft import SFTModule
@@ -59,6 +59,8 @@ class CAIModule(SFTModule):
         max_prompt_length: int = 1024,
         ai_feedback: bool = False,
         feedback_temperature: float = 1.0,
+        few_shot: Optional[str] = None,
+        few_shot_examples: Optional[int] = 2,
         seed: int = 0,
     ):
         """
@@ -87,6 +89,9 @@ class CAIModule(SFTModule):
             max_prompt_length: longer generation prompts keep their last tokens.
             ai_feedback: also write AI-labelled preference pairs (RL-CAI data) to ``feedback.jsonl``.
             feedback_temperature: sampling temperature of the two answers compared by AI feedback.
+            few_shot: demonstrations of critique and revision put before each conversation (the paper's
+                ``critique_revision_few_shot.json`` or a JSON list of message lists); ``null`` = none.
+            few_shot_examples: use the first N demonstrations (``null`` = all).
             seed: seed of the principle draws and of sampling.
         """
         super().__init__(model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code,
@@ -98,6 +103,7 @@ class CAIModule(SFTModule):
         if not 0.0 <= revision_threshold <= 1.0:
             raise ValueError(f"revision_threshold must lie in [0, 1], got {revision_threshold}")
         self.constitution = load_constitution(constitution, language)  # a bad file fails before any work
+        self.demos = load_few_shot(few_shot, few_shot_examples) if few_shot else []
 
     # ---- generation ------------------------------------------------------------------------------------------
     def generator(self) -> ChatGenerator:
@@ -114,7 +120,7 @@ class CAIModule(SFTModule):
         done = dm.revisions.done_ids()
         todo = [it for it in items if it["id"] not in done]
         records = critique_revision(gen, todo, self.constitution, hp.rounds, hp.principle_choice,
-                                    hp.revision_threshold, hp.seed) if todo else []
+                                    hp.revision_threshold, hp.seed, self.demos) if todo else []
         dm.revisions.append(records)
         if hp.ai_feedback:
             done = dm.feedback.done_ids()
