@@ -122,7 +122,7 @@ def write_report(r: dict, out: Path) -> None:
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
         f"{platform.platform()}",
         "- Model: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear; constitution: the bundled five principles "
-        "(English), one sampled per prompt, one round, the paper's first two few-shot critique/revision demonstrations before each conversation, revision threshold 0.25, greedy generation (96 new tokens), AI-feedback samples at temperature 0.7.",
+        "(English), one sampled per prompt, one round, no few-shot demonstrations, revision threshold 0.25, greedy generation (96 new tokens), AI-feedback samples at temperature 0.7.",
         f"- Red-team prompts: first Human turns of HH-RLHF harmless dialogues; {r['prompts']} training prompts, "
         f"{r['held_out_prompts']} held-out prompts from the 300 held-out pairs of configs/data/hh_rlhf.yaml.",
         f"- Harmlessness: the HH-RLHF harmless reward model of benchmarks/HELDOUT.md (`{r['reward_model']}`), on "
