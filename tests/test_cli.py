@@ -179,3 +179,19 @@ def test_ddp_two_processes_match_one_process(tmp_path, small_jsonl):
     assert histories[0] == pytest.approx(histories[1], abs=1e-5)
     for k in adapters[0]:
         assert torch.allclose(adapters[0][k], adapters[1][k], atol=1e-5), k
+
+
+def test_evaluation_loads_a_checkpoint_like_its_export(tiny_run):
+    """``evaluate``/``abtest`` accept a Lightning checkpoint: its policy (LoRA adapters on the named base, merged)
+    gives the same logits as the run's merged export."""
+    from transformers import AutoModelForCausalLM
+
+    from lightning_post.evaluation.commands import load_policy
+
+    cwd, run = tiny_run
+    ckpt = cwd / "mlruns" / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt"
+    model, tok = load_policy(str(ckpt))
+    export = AutoModelForCausalLM.from_pretrained(Path(run.data.tags["export_dir"]) / "model")
+    ids = tok("Hello there, how are you?", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**ids).logits, export(**ids).logits, atol=1e-4)
