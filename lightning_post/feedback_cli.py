@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from lightning_post.data.feedback import feedback_report, load_feedback, to_pairs, to_sft, to_unpaired
 from lightning_post.data.records import DataError
+from lightning_post.tracking import log_run, write_folder
 
 
 def write_outputs(events: list[dict], out_dir: Path, good_rating: float, bad_rating: float, min_rating: float) -> dict:
@@ -30,36 +28,15 @@ def write_outputs(events: list[dict], out_dir: Path, good_rating: float, bad_rat
     }
     report = feedback_report(events)
     report["written"] = {name: len(rows) for name, rows in datasets.items()}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        for name, rows in datasets.items():
-            (tmp / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_folder(out_dir, {**datasets, "report.json": report})
     return report
 
 
 def log_report(report: dict, out_dir: Path, tracking_uri: str, experiment: str) -> str:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, tags={"method": "feedback", "source_dir": str(out_dir.resolve())})
-    for key, value in report.items():
-        if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
-            client.log_metric(run.info.run_id, f"feedback/{key}", float(value))
-    for name, count in report["written"].items():
-        client.log_metric(run.info.run_id, f"feedback/written_{name.removesuffix('.jsonl')}", count)
-    for path in sorted(out_dir.iterdir()):
-        client.log_artifact(run.info.run_id, str(path))
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+    metrics = {f"feedback/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
+    metrics.update({f"feedback/written_{name.removesuffix('.jsonl')}": n for name, n in report["written"].items()})
+    return log_run(tracking_uri, experiment, None, {"method": "feedback", "source_dir": str(out_dir.resolve())}, {},
+                   metrics, out_dir)
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,25 @@ from tqdm.auto import tqdm
 Messages = list[dict[str, str]]
 
 
+@torch.no_grad()
+def generate_from_ids(model: torch.nn.Module, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int,
+                      **kwargs) -> list[str]:
+    """Decoded completions of tokenised prompts, batched with left padding so every reply starts at the same column
+    (KV cache on, even where gradient checkpointing turned it off for training); greedy unless ``do_sample``."""
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    kwargs.setdefault("do_sample", False)
+    was_training = model.training
+    model.eval()
+    rows = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                          pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True, **kwargs)
+    model.train(was_training)
+    return [tokenizer.decode(r[width:], skip_special_tokens=True).strip() for r in rows]  # (b, width + new)
+
+
 class ChatGenerator:
     """Batched generation and option scoring for chat prompts with ``model`` (a causal LM) and its tokenizer.
 
@@ -44,24 +63,14 @@ class ChatGenerator:
     def generate(self, conversations: Sequence[Messages], desc: str = "generating",
                  temperature: Optional[float] = None) -> list[str]:
         """The model's next assistant turn for each conversation."""
-        tok = self.tokenizer
         temperature = self.temperature if temperature is None else temperature
         sampling = {"do_sample": True, "temperature": temperature, "top_p": self.top_p, "top_k": 0} if temperature \
             else {"do_sample": False}
-        was_training = self.model.training
-        self.model.eval()
         out: list[str] = []
         for start in self._batches(len(conversations), desc):
             ids = [self.encode(self.context_text(c))[-self.max_prompt_length:]
                    for c in conversations[start: start + self.batch_size]]
-            width = max(map(len, ids))
-            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(i)) + i for i in ids], device=self.device)
-            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=self.device)
-            rows = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True,
-                                       **sampling)  # (b, width + new): left padding, so every reply starts at width
-            out += [tok.decode(r[width:], skip_special_tokens=True).strip() for r in rows]
-        self.model.train(was_training)
+            out += generate_from_ids(self.model, self.tokenizer, ids, self.max_new_tokens, **sampling)
         return out
 
     @torch.no_grad()

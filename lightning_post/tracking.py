@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -97,3 +98,44 @@ def log_text_artifact(logger: MLFlowLogger, text: str, artifact_path: str) -> No
 def mlflow_logger(trainer) -> Optional[MLFlowLogger]:
     """The trainer's first MLflow logger, if any."""
     return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+
+
+def write_folder(out_dir: Path, files: dict[str, Any]) -> None:
+    """Write ``{name: JSON value or list of JSONL rows}`` into a temporary folder, then move it to ``out_dir``."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for name, value in files.items():
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
+                else json.dumps(value, indent=1, ensure_ascii=False)
+            (tmp / name).write_text(text, encoding="utf-8")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: dict, params: dict,
+            metrics: dict[str, float], out_dir: Path, plots: Optional[dict[str, Any]] = None) -> str:
+    """A finished MLflow run outside training: tags, params, finite numeric metrics, every file of ``out_dir`` and
+    ``plots`` (matplotlib figures, as ``plots/<name>.png``); returns its id."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, str(v)[:500])
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and v == v:
+            client.log_metric(run.info.run_id, k, float(v))
+    for path in sorted(out_dir.iterdir()):
+        client.log_artifact(run.info.run_id, str(path))
+    for name, fig in (plots or {}).items():
+        client.log_figure(run.info.run_id, fig, f"plots/{name}.png")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

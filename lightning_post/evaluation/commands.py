@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +27,7 @@ from lightning_post.evaluation.safety import (
 from lightning_post.evaluation.text_metrics import BertScorer, text_metrics
 from lightning_post.generation import ChatGenerator
 from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.tracking import log_run, write_folder
 
 log = logging.getLogger(__name__)
 
@@ -75,45 +74,6 @@ def load_eval_prompts(path: str, max_prompts: Optional[int], reference_field: Op
     if not out:
         raise DataError(path, None, "has no prompts")
     return out
-
-
-def _write_folder(out_dir: Path, files: dict[str, Any]) -> None:
-    """Write ``{name: JSON value or list of JSONL rows}`` into a temporary folder, then move it to ``out_dir``."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        for name, value in files.items():
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
-                else json.dumps(value, indent=1, ensure_ascii=False)
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: dict, params: dict,
-             metrics: dict[str, float], out_dir: Path, plots: dict[str, Any]) -> str:
-    import mlflow
-
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    for k, v in params.items():
-        client.log_param(run.info.run_id, k, str(v)[:500])
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and v == v:
-            client.log_metric(run.info.run_id, k, float(v))
-    for path in sorted(out_dir.iterdir()):
-        client.log_artifact(run.info.run_id, str(path))
-    for name, fig in plots.items():
-        client.log_figure(run.info.run_id, fig, f"plots/{name}.png")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
 
 
 def _bar(title: str, values: dict[str, float], ylabel: str, ylim: Optional[tuple] = (0, 1)):
@@ -202,7 +162,16 @@ def _flat(prefix: str, tree: dict) -> dict[str, float]:
     return out
 
 
-class Evaluate:
+class _Command:
+    """What both commands share: the device they run on (``device``, else cuda when available)."""
+
+    device: Optional[str] = None
+
+    def _device(self) -> str:
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Evaluate(_Command):
     """Evaluate one model: instruction following (BLEU, ROUGE, BERTScore against references; a judge's win rate
     against a reference model's answers), multiple-choice knowledge, and safety (refusals, jailbreaks, CrowS-Pairs
     bias, privacy)."""
@@ -278,9 +247,6 @@ class Evaluate:
         if judge == "reward_model" and not judge_model:
             raise ValueError("judge 'reward_model' needs judge_model: the reward model's folder")
 
-    def _device(self) -> str:
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
     def run(self) -> dict:
         from lightning_post.data.instruction import default_instruction_file
 
@@ -334,7 +300,7 @@ class Evaluate:
         report["safety"] = safety
         # 7. outputs and the MLflow run
         out = Path(self.output_dir)
-        _write_folder(out, {"report.json": report, "answers.jsonl": rows, "safety_answers.jsonl": safety_rows})
+        write_folder(out, {"report.json": report, "answers.jsonl": rows, "safety_answers.jsonl": safety_rows})
         plots = {}
         if "text" in report:
             plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()}, "score")
@@ -346,14 +312,14 @@ class Evaluate:
                                                       **safety["jailbreak_by_template"]}, "share refused")
         metrics = _flat("eval/", {k: v for k, v in report.items() if k in ("text", "judge", "knowledge")})
         metrics.update(_flat("safety/", safety))
-        report["mlflow_run_id"] = _log_run(self.tracking_uri, self.experiment_name, self.run_name,
+        report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "evaluate", "model": self.model},
                                            vars(self), metrics, out, plots)
         (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
         return report
 
 
-class ABTest:
+class ABTest(_Command):
     """Compare a baseline A and a candidate B on the same prompts: pairwise verdicts from a judge (or imported human
     annotations), win/tie/loss counts, win rate with intervals, a sign test, the sample size a given effect needs,
     the safety probes of both, and a recommendation by :data:`~lightning_post.evaluation.abtest.RULE`."""
@@ -421,9 +387,6 @@ class ABTest:
         if judge not in ("llm", "reward_model"):
             raise ValueError(f"judge must be 'llm' or 'reward_model', got {judge!r}")
 
-    def _device(self) -> str:
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-
     def _annotations(self, n: int) -> list[str]:
         verdicts: dict[int, str] = {}
         for where, rec in json_lines(self.annotations):
@@ -471,7 +434,7 @@ class ABTest:
         rows = [{"index": i, "prompt": p[-1]["content"], "answer_a": a, "answer_b": b, **v}
                 for i, (p, a, b, v) in enumerate(zip(prompts, answers["A"], answers["B"], verdicts))]
         out = Path(self.output_dir)
-        _write_folder(out, {"report.json": report, "verdicts.jsonl": rows})
+        write_folder(out, {"report.json": report, "verdicts.jsonl": rows})
         plots = {"verdicts": _bar("verdicts (B = candidate)", {"B wins": stats["wins"], "tie": stats["ties"],
                                                                 "A wins": stats["losses"]}, "prompts", None)}
         shared = [k for k in ("refusal_rate", "jailbreak_refusal_rate", "pii_answer_rate") if k in safety["A"]]
@@ -482,7 +445,7 @@ class ABTest:
         metrics["ab/ship_b"] = float(decision == "ship B")
         for side in "AB":
             metrics.update(_flat(f"safety_{side}/", safety[side]))
-        report["mlflow_run_id"] = _log_run(self.tracking_uri, self.experiment_name, self.run_name,
+        report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "abtest", "model_a": self.model_a, "model_b": self.model_b,
                                             "decision": decision}, vars(self), metrics, out, plots)
         (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")

@@ -25,6 +25,7 @@ from lightning_post.data.collate import attention_bias, split_batch
 from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.sft import token_cross_entropy
+from lightning_post.generation import generate_from_ids
 from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from lightning_post.models.peft import PeftSettings, apply_peft, count_parameters
 from lightning_post.optim import OptimSettings, build_optimizer
@@ -162,23 +163,9 @@ class PostTrainingModule(L.LightningModule):
         return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
 
     # ---- generation --------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate_from_ids(self, prompts: list[list[int]], max_new_tokens: int = 64, **kwargs) -> list[str]:
         """Greedy (or, with ``do_sample=True``, sampled) completions of already-tokenised prompts."""
-        tok = self.tokenizer
-        width = max(len(p) for p in prompts)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # left pad
-        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        was_training = self.model.training
-        self.model.eval()
-        kwargs.setdefault("do_sample", False)
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            pad_token_id=pad, eos_token_id=tok.eos_token_id, use_cache=True, **kwargs,
-        )
-        self.model.train(was_training)
-        return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return generate_from_ids(self.model, self.tokenizer, prompts, max_new_tokens, **kwargs)
 
 
 class AccumulatingModule(PostTrainingModule, abc.ABC):
