@@ -5,6 +5,7 @@
     lightning-post test --config configs/sft.yaml --ckpt_path mlruns/runs/<exp>/<run>/checkpoints/last.ckpt
     lightning-post evaluate --config configs/evaluate.yaml --model exports/sft/model
     lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
+    lightning-post data report --annotations judged.jsonl --output_dir reports/judged   (pairs|label|report|convert)
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class MLflowConfig(SaveConfigCallback):
         })
         stats = getattr(trainer.datamodule, "stats", {}) or {}
         metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}
+        if hasattr(trainer.datamodule, "quality_metrics"):
+            metrics.update(trainer.datamodule.quality_metrics())
         invalid = getattr(trainer.datamodule, "invalid", None)
         if invalid is not None:
             metrics["data/invalid_pairs"] = float(len(invalid))
@@ -117,6 +120,14 @@ def main() -> None:
         from lightning_post.evaluation.commands import run_command
 
         run_command(sys.argv[1], sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "data":
+        from lightning_post.evaluation.commands import run_command
+        from lightning_post.quality.commands import DATA_COMMANDS
+
+        if len(sys.argv) < 3 or sys.argv[2] not in DATA_COMMANDS:
+            sys.exit(f"usage: lightning-post data {{{','.join(DATA_COMMANDS)}}} [--config FILE] [--help]")
+        run_command(sys.argv[2], sys.argv[3:], DATA_COMMANDS)
         return
     cli_main(sys.argv[1:])
 

@@ -86,17 +86,24 @@ class RewardModelScorer:
         self.template, self.batch_size = template, batch_size
 
     @torch.no_grad()
-    def score(self, records: list[dict], replies: list[str], device: torch.device) -> torch.Tensor:
-        """Scores ``(N,)`` of replies to normalised prompt records (``{"prompt", "raw_prompt"}``)."""
+    def score(self, records: list[dict], replies: list[str], device: torch.device,
+              progress: bool = False) -> torch.Tensor:
+        """Scores ``(N,)`` of replies to normalised prompt records (``{"prompt", "raw_prompt"}``), batched by length
+        (less padding), with a progress bar when ``progress``."""
+        from tqdm.auto import tqdm
+
         self.model.to(device)
         rows = [reply_ids(r["prompt"], r["raw_prompt"], reply, self.template, self.tokenizer)
                 for r, reply in zip(records, replies)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         pad = self.model.config.pad_token_id
-        out = []
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start: start + self.batch_size]
+        out = torch.empty(len(rows))
+        for start in tqdm(range(0, len(rows), self.batch_size), desc="reward model", leave=False,
+                          disable=not progress or len(rows) <= self.batch_size):
+            idx = order[start: start + self.batch_size]
+            chunk = [rows[i] for i in idx]
             width = max(map(len, chunk))
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=device)
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=device)
-            out.append(self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float())
-        return torch.cat(out)
+            out[idx] = self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu()
+        return out.to(device)

@@ -20,7 +20,12 @@ def binomial_test(k: int, n: int, p: float = 0.5) -> float:
         raise ValueError(f"p must lie in [0, 1], got {p}")
     if n == 0:
         return 1.0
-    pmf = [math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(n + 1)]
+    if p in (0.0, 1.0):
+        return 1.0 if k == round(p * n) else 0.0
+    # in log space: math.comb(n, i) overflows a float beyond n ~ 1000
+    log_pmf = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+               + (n - i) * math.log1p(-p) for i in range(n + 1)]
+    pmf = [math.exp(x) for x in log_pmf]
     limit = pmf[k] * (1 + 1e-7)  # outcomes as likely as k count too, despite rounding
     return min(1.0, sum(q for q in pmf if q <= limit))
 

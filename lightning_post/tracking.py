@@ -101,14 +101,22 @@ def mlflow_logger(trainer) -> Optional[MLFlowLogger]:
 
 
 def write_folder(out_dir: Path, files: dict[str, Any]) -> None:
-    """Write ``{name: JSON value or list of JSONL rows}`` into a temporary folder, then move it to ``out_dir``."""
+    """Write ``{name: value}`` into a temporary folder, then move it to ``out_dir``. A ``.jsonl`` name takes a list of
+    rows, a string is written as text, a matplotlib figure as an image, anything else as JSON; names may hold
+    sub-folders (``plots/bias.png``)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
         for name, value in files.items():
-            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if hasattr(value, "savefig"):
+                value.savefig(target, dpi=110)
+                continue
+            text = value if isinstance(value, str) else \
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
                 else json.dumps(value, indent=1, ensure_ascii=False)
-            (tmp / name).write_text(text, encoding="utf-8")
+            target.write_text(text, encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -134,7 +142,10 @@ def log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: d
         if isinstance(v, (int, float)) and v == v:
             client.log_metric(run.info.run_id, k, float(v))
     for path in sorted(out_dir.iterdir()):
-        client.log_artifact(run.info.run_id, str(path))
+        if path.is_dir():
+            client.log_artifacts(run.info.run_id, str(path), path.name)
+        else:
+            client.log_artifact(run.info.run_id, str(path))
     for name, fig in (plots or {}).items():
         client.log_figure(run.info.run_id, fig, f"plots/{name}.png")
     client.set_terminated(run.info.run_id)

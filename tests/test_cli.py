@@ -34,13 +34,18 @@ def client(cwd):
 def test_every_config_prints(tmp_path):
     """Every shipped YAML parses (strategy overlays on top of the SFT config)."""
     from lightning_post.evaluation.commands import COMMAND_CLASSES, parse_command
+    from lightning_post.quality.commands import DATA_COMMANDS
 
     commands = {p: name for p in CONFIGS.glob("*.yaml") for name in COMMAND_CLASSES if p.stem.endswith(name)}
-    base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands]
+    data = {p: p.stem.removeprefix("data_") for p in CONFIGS.glob("data_*.yaml")}
+    base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands and p not in data]
     overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
     assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate"]
+    assert sorted(data.values()) == ["label", "report"]
     for cfg, name in commands.items():  # evaluate / abtest configs parse into their command
         assert isinstance(parse_command(name, ["--config", str(cfg)])[1], COMMAND_CLASSES[name]), cfg
+    for cfg, name in data.items():  # lightning-post data <name> configs
+        assert isinstance(parse_command(name, ["--config", str(cfg)], DATA_COMMANDS)[1], DATA_COMMANDS[name]), cfg
     for cfg in base:
         out = cli(["fit", "--config", str(cfg), "--print_config"], tmp_path)
         assert "class_path: lightning_post." in out.stdout, cfg

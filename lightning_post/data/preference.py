@@ -30,6 +30,7 @@ from lightning_post.data.records import DataError, raw_records
 from lightning_post.data.templates import check_template
 from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, encode_prompt, tokenize_segments
 from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.quality.gate import QualityGate
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class PreferenceDataModule(PostDataModule):
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        quality_gate: Optional[QualityGate] = None,
     ):
         """
         Args:
@@ -135,6 +137,9 @@ class PreferenceDataModule(PostDataModule):
             shuffle: shuffle training pairs each epoch (seeded).
             seed: seed of the validation split and the shuffling.
             num_workers: DataLoader worker processes.
+            quality_gate: check the training pairs before training (length bias, pairs labelled both ways,
+                intransitive preferences, duplicate prompts; see ``lightning-post data report``): ``mode: warn`` logs
+                what it finds, ``mode: fail`` stops before anything is written. ``null`` = no check.
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
@@ -144,6 +149,7 @@ class PreferenceDataModule(PostDataModule):
         self.stats: dict[str, PairStats] = {}
         self.predict_records: list[dict] = []
         self.invalid: list[DataError] = []
+        self.quality: Optional[dict] = None
 
     # ---- preparation -------------------------------------------------------------------------------------------
     def _read_all(self) -> dict[str, Optional[list[tuple[str, dict]]]]:
@@ -160,7 +166,39 @@ class PreferenceDataModule(PostDataModule):
         self.invalid = skipped or []
         for e in self.invalid:
             log.warning("skipped invalid pair: %s", e)
+        if hp.quality_gate is not None:
+            self._check_quality(train)
         return {"train": train, "val": val, "test": test}
+
+    def _check_quality(self, train: list[tuple[str, dict]]) -> None:
+        """Run the quality gate on the training pairs (chosen wins; the order given to the checks is random)."""
+        from lightning_post.quality.report import gate_findings, quality_report
+        from lightning_post.quality.schema import annotations_from_preferences
+
+        gate = self.hparams.quality_gate
+        gate = QualityGate(**gate) if isinstance(gate, dict) else gate
+        anns = annotations_from_preferences(train, "train",
+                                            self.hparams.seed)
+        report = quality_report(anns)
+        findings = gate_findings(report, gate, position_known=False)
+        self.quality = {"report": report, "findings": findings}
+        for f in findings:
+            log.warning("quality gate (%s): %s", gate.mode, f)
+        if findings and gate.mode == "fail":
+            files = ", ".join(_as_list(self.hparams.train_files) or [default_preference_file()])
+            raise DataError(files, None, "quality gate failed: " + "; ".join(findings))
+
+    def quality_metrics(self) -> dict[str, float]:
+        """The gate's headline figures as ``data/quality/...`` metrics (empty without a gate)."""
+        if self.quality is None:
+            return {}
+        r = self.quality["report"]
+        return {"data/quality/length_bias": r["bias"]["length"]["rate"],
+                "data/quality/length_bias_p": r["bias"]["length"]["p_value"],
+                "data/quality/both_ways_rate": r["consistency"]["both_ways_rate"],
+                "data/quality/intransitive_rate": r["intransitivity"]["rate"],
+                "data/quality/duplicate_prompt_rate": r["diversity"]["duplicate_prompt_rate"],
+                "data/quality/findings": float(len(self.quality["findings"]))}
 
     def encode(self, located: list[tuple[str, dict]], split: str) -> list[PairExample]:
         """Tokenise pairs; counts (truncated, identical, dropped) go to ``self.stats[split]``."""

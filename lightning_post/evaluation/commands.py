@@ -457,12 +457,13 @@ class ABTest(_Command):
 COMMAND_CLASSES = {"evaluate": Evaluate, "abtest": ABTest}
 
 
-def parse_command(name: str, argv: list[str]):
-    """``(parser, command)``: ``--config`` YAML and flags parsed into an :class:`Evaluate` or :class:`ABTest`."""
+def parse_command(name: str, argv: list[str], classes: Optional[dict] = None):
+    """``(parser, command)``: ``--config`` YAML and flags parsed into the command class ``classes[name]`` (default
+    :data:`COMMAND_CLASSES`: :class:`Evaluate` or :class:`ABTest`)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    cls = COMMAND_CLASSES[name]
-    parser = ArgumentParser(prog=f"lightning-post {name}", description=cls.__doc__)
+    cls = (classes or COMMAND_CLASSES)[name]
+    parser = ArgumentParser(prog=f"lightning-post {'data ' if classes else ''}{name}", description=cls.__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(cls)
     cfg = parser.parse_args(argv).as_dict()
@@ -471,9 +472,9 @@ def parse_command(name: str, argv: list[str]):
     return parser, cls(**cfg)
 
 
-def run_command(name: str, argv: list[str]) -> dict:
+def run_command(name: str, argv: list[str], classes: Optional[dict] = None) -> dict:
     """Parse and run a command; a bad input file stops it with file, line and field."""
-    parser, command = parse_command(name, argv)
+    parser, command = parse_command(name, argv, classes)
     try:
         return command.run()
     except DataError as e:

@@ -40,7 +40,7 @@ class RewardModelJudge:
         self.device = torch.device(device or "cpu")
 
     def scores(self, prompts: Sequence[Messages], answers: Sequence[str]) -> list[float]:
-        return self.scorer.score(_records(prompts), list(answers), self.device).tolist()
+        return self.scorer.score(_records(prompts), list(answers), self.device, progress=True).tolist()
 
     def compare(self, prompts: Sequence[Messages], answers_a: Sequence[str], answers_b: Sequence[str]) -> list[dict]:
         sa, sb = self.scores(prompts, answers_a), self.scores(prompts, answers_b)
