@@ -96,35 +96,50 @@ class ChatGenerator:
                 rows.append(full[keep:])
                 spans.append(len(base) - keep)
                 last_only.append(None)
-        out = []
+        out: list[Optional[torch.Tensor]] = [None] * len(rows)  # per row: (1,) whole reply, or (C,) options
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # batches of similar length: little padding
         was_training = self.model.training
         self.model.eval()
         pad = self.tokenizer.pad_token_id
         for start in self._batches(len(rows), desc):
-            chunk, first = rows[start: start + self.batch_size], spans[start: start + self.batch_size]
+            idx = order[start: start + self.batch_size]
+            chunk, first = [rows[i] for i in idx], [spans[i] for i in idx]
             width = max(map(len, chunk))
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=self.device)  # right padding
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk], device=self.device)
-            logps = F.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (b, T, V)
-            token_logps = logps[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)  # (b, T-1): token t+1 given <= t
-            positions = torch.arange(1, width, device=self.device)[None]  # (1, T-1): index of the predicted token
-            lengths = torch.tensor([len(r) for r in chunk], device=self.device)[:, None]
+            # left padding: every row ends at the last column, so the logits of the replies are the last `keep`
+            # columns and the LM head (a fifth of a small model's compute) runs on those alone
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk], device=self.device)  # (b, T)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=self.device)
+            keep = max(len(r) - f for r, f in zip(chunk, first)) + 1  # reply tokens and the position before them
+            logps = F.log_softmax(_last_logits(self.model, ids, mask, keep).float(), -1)  # (b, keep, V)
+            token_logps = logps[:, :-1].gather(-1, ids[:, width - keep + 1:, None]).squeeze(-1)  # (b, keep-1)
+            predicted = torch.arange(width - keep + 1, width, device=self.device)[None]  # (1, keep-1): columns
+            offsets = torch.tensor([width - len(r) for r in chunk], device=self.device)[:, None]
             starts = torch.tensor(first, device=self.device)[:, None]
-            in_reply = (positions >= starts) & (positions < lengths)  # (b, T-1)
-            shared = (token_logps * (in_reply & (positions < lengths - 1))).sum(1)  # (b,): all but the last token
-            for j, row in enumerate(chunk):
-                options_last = last_only[start + j]
+            in_reply = predicted - offsets >= starts  # (b, keep-1): the predicted token belongs to the reply
+            shared = (token_logps * (in_reply & (predicted < width - 1))).sum(1)  # (b,): all but the last token
+            for j, i in enumerate(idx):
+                options_last = last_only[i]
                 if options_last is None:  # one row per option: its whole reply
-                    out.append((token_logps[j] * in_reply[j]).sum()[None])
+                    out[i] = (token_logps[j] * in_reply[j]).sum()[None].cpu()
                 else:  # one row for every option: shared tokens plus each option's last token
-                    out.append(shared[j] + logps[j, len(row) - 2, options_last])
+                    out[i] = (shared[j] + logps[j, keep - 2, options_last]).cpu()
         self.model.train(was_training)
-        return torch.cat(out).view(len(conversations), len(options)).cpu()
+        return torch.cat(out).view(len(conversations), len(options))
 
     def option_probs(self, conversations: Sequence[Messages], options: Sequence[str], prefix: str = "",
                      desc: str = "scoring options") -> torch.Tensor:
         """``(N, C)`` probabilities of the options, normalised over the options."""
         return option_probs_from_logprobs(self.option_logprobs(conversations, options, prefix, desc))
+
+
+def _last_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits ``(b, keep, V)`` of the last ``keep`` columns of left-padded rows, with position ids counted from each
+    row's first real token (so padding changes nothing, whatever the position encoding)."""
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    try:
+        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids, logits_to_keep=keep).logits
+    except TypeError:  # a model without logits_to_keep: compute all, keep the last columns
+        return model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -keep:]
 
 
 def option_probs_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
