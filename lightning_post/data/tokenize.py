@@ -86,6 +86,26 @@ def truncate(example: Tokenized, max_length: int, policy: str) -> Tokenized | No
     return example
 
 
+def truncate_prompt_middle(example: Tokenized, max_length: int, keep_head: int = 16) -> Tokenized | None:
+    """Fit an example into ``max_length`` by removing prompt tokens after its first ``keep_head`` (the template's
+    header), so a long document loses its middle and the response stays whole; when the response alone is too
+    long, cut from the right. ``None`` when no response token is left.
+
+    >>> truncate_prompt_middle(Tokenized([1, 2, 3, 4, 5, 6], [-100, -100, -100, -100, 5, 6]), 4, keep_head=1)
+    Tokenized(input_ids=[1, 4, 5, 6], labels=[-100, -100, 5, 6])
+    """
+    n = len(example.input_ids)
+    if n > max_length:
+        prompt = next((i for i, label in enumerate(example.labels) if label != IGNORE_INDEX), n)
+        head, excess = min(keep_head, prompt // 2), n - max_length
+        if prompt - head - excess >= 1:  # room in the prompt: drop its middle
+            cut = slice(head, head + excess)
+            ids, labels = list(example.input_ids), list(example.labels)
+            del ids[cut], labels[cut]
+            example = Tokenized(ids, labels)
+    return truncate(example, max_length, "right")
+
+
 def encode_prompt(text: str, template: str, tokenizer) -> list[int]:
     """Token ids of a generation prompt for a bare request, formatted and BOS-prefixed exactly like training."""
     formatted = prompt_text(text, template, tokenizer)

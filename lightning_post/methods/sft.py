@@ -8,6 +8,8 @@ import torch
 from torchmetrics import MeanMetric
 
 from lightning_post.data.tokenize import IGNORE_INDEX
+from lightning_post.losses.logps import sum_by_row
+from lightning_post.losses.pcgrad import gradient_cosines, pcgrad
 from lightning_post.losses.sft import token_cross_entropy
 from lightning_post.methods.base import AccumulatingModule
 from lightning_post.models.loading import DEFAULT_MODEL
@@ -35,6 +37,9 @@ class SFTModule(AccumulatingModule):
         optim: OptimSettings = OptimSettings(),
         micro_batch_size: Optional[int] = None,
         gradient_clip_val: Optional[float] = 1.0,
+        pcgrad: bool = False,
+        task_grad_cosine: bool = False,
+        exact_match_max_new_tokens: int = 16,
     ):
         """
         Args:
@@ -47,6 +52,11 @@ class SFTModule(AccumulatingModule):
             optim: optimizer and learning-rate schedule.
             micro_batch_size: rows per forward/backward; the data batch is one optimizer step (``None`` = all).
             gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
+            pcgrad: with multitask data, project each task's gradient off the task gradients it conflicts with
+                before the step (PCGrad; one backward per task in the batch; one device).
+            task_grad_cosine: with multitask data, log the cosine similarity of every two tasks' gradients
+                (``train/grad_cosine/<a>/<b>``; also on with ``pcgrad``).
+            exact_match_max_new_tokens: longest generated answer of exact-match (classification) validation.
         """
         super().__init__(
             model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
@@ -54,6 +64,8 @@ class SFTModule(AccumulatingModule):
         )
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
         self.test_loss, self.test_accuracy = MeanMetric(), MeanMetric()
+        self._task_loss: dict[str, list[torch.Tensor]] = {}  # stage -> [summed token loss, tokens] per task
+        self.task_seen: Optional[torch.Tensor] = None  # rows trained on per task, since the start of the run
 
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N, V)`` at the N positions whose next token is a response token, and those tokens ``(N,)``."""
@@ -69,40 +81,156 @@ class SFTModule(AccumulatingModule):
         logits, targets = self.response_logits(micro_batch)
         losses = token_cross_entropy(logits, targets)
         correct = (logits.detach().argmax(-1) == targets).sum()
-        return {"loss_sum": losses.sum(), "correct_sum": correct}
+        out = {"loss_sum": losses.sum(), "correct_sum": correct}
+        if "task" in micro_batch:
+            out["task_rows_sum"] = torch.bincount(micro_batch["task"], minlength=len(self.task_names())).float()
+        return out
+
+    def task_names(self) -> list[str]:
+        """Task names of multitask data (``MultiTaskDataModule``), else none."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return list(getattr(dm, "task_names", []))
 
     def step_metrics(self, totals: dict[str, torch.Tensor], units: torch.Tensor) -> dict[str, torch.Tensor]:
         loss = totals["loss_sum"] / units.clamp(min=1)
-        return {
+        metrics = {
             "train/loss": loss,
             "train/perplexity": loss.exp(),
             "train/token_accuracy": totals["correct_sum"] / units.clamp(min=1),
             "train/response_tokens": units,
         }
+        if "task_rows_sum" in totals:  # the realised mixture: each task's share of the rows trained on so far
+            seen = totals["task_rows_sum"].cpu()
+            self.task_seen = seen if self.task_seen is None else self.task_seen + seen
+            for name, n in zip(self.task_names(), self.task_seen):
+                metrics[f"data/task_share/{name}"] = n / self.task_seen.sum()
+        return metrics
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.task_seen is not None:
+            checkpoint["task_seen"] = self.task_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.task_seen = checkpoint.get("task_seen")
+
+    # ---- gradient surgery (multitask) --------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "task" in batch and (self.hparams.pcgrad or self.hparams.task_grad_cosine):
+            return self.surgery_step(batch)
+        return super().training_step(batch, batch_idx)
+
+    def surgery_step(self, batch: dict) -> torch.Tensor:
+        """One optimizer step from per-task gradients.
+
+        1. For each task in the batch, backpropagate its share of the step loss (its summed token loss over all of
+           the step's response tokens), so the task gradients add up to the ordinary step gradient.
+        2. Log the cosine similarity of every two task gradients.
+        3. With ``pcgrad``, replace the sum by PCGrad's sum of projected gradients; else keep the plain sum (the
+           update is then exactly the ordinary step's).
+        4. Clip, step, schedule, log.
+        """
+        if self.trainer.world_size > 1:
+            raise RuntimeError("pcgrad / task_grad_cosine run on one device; turn them off for multi-device runs")
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        params = [p for p in self.parameters() if p.requires_grad]
+        units = self.loss_units(batch).float()
+        names = self.task_names()
+        tasks = batch["task"].unique().tolist()
+        grads, sums = [], {}
+        # step 1: one gradient per task
+        for t in tasks:
+            rows = batch["task"] == t
+            sub = {k: v[rows] for k, v in batch.items()}
+            for mb in self.micro_batches(sub):
+                out = self.micro_step(mb)
+                self.manual_backward(out["loss_sum"] / units.clamp(min=1))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0) + v.detach()
+            grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float()
+                                    for p in params]))
+            opt.zero_grad(set_to_none=True)
+        stacked = torch.stack(grads)  # (K, D)
+        # step 2: how the tasks' gradients relate
+        metrics = self.step_metrics(sums, units)
+        cos = gradient_cosines(stacked)
+        for i, a in enumerate(tasks):
+            for j in range(i + 1, len(tasks)):
+                metrics[f"train/grad_cosine/{names[a]}/{names[tasks[j]]}"] = cos[i, j]
+        metrics["train/grad_conflicts"] = (cos.triu(1) < 0).sum().float()
+        # step 3: the update
+        update = pcgrad(stacked) if self.hparams.pcgrad else stacked.sum(0)  # (D,)
+        start = 0
+        for p in params:
+            p.grad = update[start:start + p.numel()].view_as(p).to(p.dtype)
+            start += p.numel()
+        # step 4
+        metrics["train/grad_norm"] = self._grad_norm()
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        metrics["train/lr"] = torch.tensor(sched.get_last_lr()[0])
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+        return metrics["train/loss"]
 
     # ---- evaluation --------------------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict, loss_metric: MeanMetric, acc_metric: MeanMetric) -> None:
+    def _eval_step(self, batch: dict, loss_metric: MeanMetric, acc_metric: MeanMetric, stage: str = "val") -> None:
         logits, targets = self.response_logits(batch)
-        loss_metric.update(token_cross_entropy(logits, targets))  # mean over every response token of the split
+        losses = token_cross_entropy(logits, targets)  # (N,)
+        loss_metric.update(losses)  # mean over every response token of the split
         acc_metric.update((logits.argmax(-1) == targets).float())
+        if "task" in batch:  # per task: summed token loss and token count
+            select = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, T-1)
+            rows = select.nonzero()[:, 0]  # (N,)
+            k = len(self.task_names())
+            task_of_token = batch["task"][rows]  # (N,)
+            acc = self._task_loss.setdefault(stage, [torch.zeros(k, device=losses.device),
+                                                     torch.zeros(k, device=losses.device)])
+            acc[0] += sum_by_row(losses.detach().float(), task_of_token, k)
+            acc[1] += sum_by_row(torch.ones_like(losses, dtype=torch.float), task_of_token, k)
 
     def _eval_epoch_end(self, stage: str, loss_metric: MeanMetric, acc_metric: MeanMetric) -> None:
         loss = loss_metric.compute()
-        self.log_dict(
-            {f"{stage}/loss": loss, f"{stage}/perplexity": loss.exp(), f"{stage}/token_accuracy": acc_metric.compute()},
-            prog_bar=stage == "val",
-        )
+        metrics = {f"{stage}/loss": loss, f"{stage}/perplexity": loss.exp(),
+                   f"{stage}/token_accuracy": acc_metric.compute()}
+        if stage in self._task_loss:
+            total, count = (self.trainer.strategy.reduce(x, reduce_op="sum") for x in self._task_loss.pop(stage))
+            for name, s_, n in zip(self.task_names(), total, count):
+                if n > 0:
+                    metrics[f"{stage}/{name}/loss"] = s_ / n
+            metrics.update(self.exact_match_metrics(stage))
+        self.log_dict(metrics, prog_bar=stage == "val", sync_dist=False)
         loss_metric.reset()
         acc_metric.reset()
 
+    def exact_match_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        """Exact-match accuracy of greedy answers on the held-out examples of classification tasks."""
+        from lightning_post.data.multitask import exact_match
+
+        sets = getattr(self.trainer.datamodule, "exact_match_sets", {}) or {}
+        names, out = self.task_names(), {}
+        size = getattr(self.trainer.datamodule.hparams, "eval_batch_size", 8)
+        for t, examples in sets.items():
+            hits = 0
+            for start in range(0, len(examples), size):
+                chunk = examples[start:start + size]
+                answers = self.generate_from_ids([p for p, _ in chunk], self.hparams.exact_match_max_new_tokens)
+                hits += sum(exact_match(a, ref) for a, (_, ref) in zip(answers, chunk))
+            out[f"{stage}/{names[t]}/exact_match"] = torch.tensor(hits / max(1, len(examples)))
+        return out
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_loss, self.val_accuracy)
+        self._eval_step(batch, self.val_loss, self.val_accuracy, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val", self.val_loss, self.val_accuracy)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_loss, self.test_accuracy)
+        self._eval_step(batch, self.test_loss, self.test_accuracy, "test")
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test", self.test_loss, self.test_accuracy)
