@@ -175,3 +175,51 @@ def test_logging_task_gradients_leaves_the_update_unchanged(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     for k in weights[0]:
         assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
+
+
+def test_multitask_resume_equals_continuous(tiny_path, tmp_path):
+    """Interrupted after 3 steps (mid-epoch: 5 batches per epoch) and resumed: the same tasks are drawn and steps
+    4-8 have the losses of an uninterrupted run; the realised task shares continue from the checkpoint."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_post.data.multitask import MultiTaskDataModule
+    from lightning_post.methods.sft import SFTModule
+    from lightning_post.optim import OptimSettings
+
+    files = SHARED_DATA / "multitask"
+    tasks = [{"name": "news", "files": str(files / "ag_news_classify.jsonl"), "max_examples": 10},
+             {"name": "imdb", "files": str(files / "imdb_Movie_Expressed_Sentiment.jsonl"), "max_examples": 30}]
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.losses, self.tasks = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses.append(trainer.callback_metrics["train/loss"].item())
+            self.tasks.append(batch["task"].tolist())
+
+    class StopAt(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.global_step == 3
+
+    def run(ckpt_path=None, interrupt=False):
+        L.seed_everything(0)
+        module = SFTModule(tiny_path, optim=OptimSettings(lr=0.01, warmup_steps=2))
+        data = MultiTaskDataModule(tasks, temperature=2.0, val_size=2, max_length=128, batch_size=4,
+                                   batches_per_epoch=5, tokenizer=tiny_path)
+        rec = Record()
+        cbs = [rec]
+        if interrupt:
+            cbs += [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=-1), StopAt()]
+        L.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=cbs,
+                  enable_checkpointing=interrupt).fit(module, data, ckpt_path=ckpt_path)
+        return rec, module
+
+    continuous, module_c = run()
+    first, _ = run(interrupt=True)
+    resumed, module_r = run(ckpt_path=str(next((tmp_path / "ckpt").glob("*step=3.ckpt"))))
+    assert first.tasks + resumed.tasks == continuous.tasks
+    assert resumed.losses == pytest.approx(continuous.losses[3:], abs=1e-5)
+    assert torch.equal(module_r.task_seen, module_c.task_seen) and module_c.task_seen.sum() == 32
