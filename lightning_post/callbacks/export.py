@@ -26,9 +26,13 @@ def run_dir(trainer: L.Trainer) -> Path:
 
 def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapter: bool = True) -> dict[str, str]:
     """Write ``out/model`` (full weights, adapters merged) and ``out/adapter`` (PEFT format) with the tokenizer.
+    Adapters that cannot be merged (prefix tuning, bottleneck) are exported as ``out/adapter`` only; a bottleneck
+    folder loads, base and adapters, wherever a model path is accepted.
 
     Each folder is written under a temporary name and renamed into place, so a crash never leaves half an export.
     """
+    from lightning_post.models.peft import can_merge, save_bottleneck
+
     model, tokenizer = module.model, module.tokenizer
     is_peft = hasattr(model, "peft_config")
     out.mkdir(parents=True, exist_ok=True)
@@ -47,8 +51,14 @@ def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapt
             shutil.rmtree(tmp, ignore_errors=True)
         written[name] = str(final.resolve())
 
+    if hasattr(model, "bottleneck_size"):  # our adapters: saved alone, loaded on their base by load_causal_lm
+        _write("adapter", lambda d: save_bottleneck(model, d, module.hparams.model_name_or_path))
+        return written
     if is_peft and adapter:
         _write("adapter", lambda d: model.save_pretrained(d))
+    if is_peft and not can_merge(model):
+        log.info("prefix tuning does not fold into the weights: exported the adapter only")
+        return written
     if merge or not is_peft:
         def save_merged(d: Path) -> None:
             full = copy.deepcopy(model).merge_and_unload() if is_peft else model

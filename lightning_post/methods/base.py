@@ -27,7 +27,9 @@ from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.sft import token_cross_entropy
 from lightning_post.generation import generate_from_ids
 from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
-from lightning_post.models.peft import PeftSettings, apply_peft, count_parameters
+from lightning_post.models.peft import (
+    PeftSettings, apply_peft, count_parameters, is_prompt_learning, quantization_config,
+)
 from lightning_post.optim import OptimSettings, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,8 @@ class PostTrainingModule(L.LightningModule):
     def load_backbone(self) -> torch.nn.Module:
         """The transformers model this method trains (a causal LM unless a method needs another head)."""
         hp = self.hparams
-        return load_causal_lm(hp.model_name_or_path, hp.dtype, hp.attn_implementation, hp.trust_remote_code)
+        return load_causal_lm(hp.model_name_or_path, hp.dtype, hp.attn_implementation, hp.trust_remote_code,
+                              quantization_config(self.peft))
 
     def parameter_counts(self) -> tuple[int, int]:
         return count_parameters(self.model)
@@ -122,6 +125,12 @@ class PostTrainingModule(L.LightningModule):
 
     def forward_hidden(self, batch: dict) -> torch.Tensor:
         """Last hidden states ``(B, T, H)`` of the decoder; packed rows get the 4D segment mask."""
+        if is_prompt_learning(self.model):  # prefix tuning: PEFT's forward adds the learned key/value positions
+            if int(batch["segment_ids"].max()) > 1:
+                raise ValueError("prefix tuning cannot train on packed rows; set data.packing: false")
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             output_hidden_states=True)
+            return out.hidden_states[-1]  # (B, T, H)
         decoder = unwrap_peft(self.model).get_decoder()
         if int(batch["segment_ids"].max()) > 1:  # packed: keep examples from attending to each other
             mask = attention_bias(batch["segment_ids"])  # (B, 1, T, T)

@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from lightning_post.models.loading import load_causal_lm
+from lightning_post.models.peft import disable_adapters
 
 
 class ReferenceModelMixin:
@@ -34,7 +35,7 @@ class ReferenceModelMixin:
         """Context in which ``forward_hidden`` computes the reference model's hidden states."""
         if getattr(self, "_frozen_reference", None):
             return _swap_model(self, self._frozen_reference[0].to(self.device))
-        return self.model.disable_adapter()
+        return disable_adapters(self.model)
 
     @torch.no_grad()
     def reference_logps(self, batch: dict) -> torch.Tensor:

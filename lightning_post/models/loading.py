@@ -150,11 +150,20 @@ def load_causal_lm(
     dtype: str = "float32",
     attn_implementation: Optional[str] = "sdpa",
     trust_remote_code: bool = False,
+    quantization_config=None,
 ):
-    """Load a causal LM in ``dtype`` with the chosen attention implementation (``sdpa``, ``eager``, ...)."""
+    """Load a causal LM in ``dtype`` with the chosen attention implementation (``sdpa``, ``eager``, ...); a folder
+    saved by the bottleneck adapter loads its base with the adapters. ``quantization_config``: QLoRA's 4-bit base."""
     from transformers import AutoModelForCausalLM
 
+    from lightning_post.models.peft import BOTTLENECK_CONFIG, load_bottleneck
+
+    path = resolve_model_path(model_name_or_path)
+    if (Path(path) / BOTTLENECK_CONFIG).exists():
+        return load_bottleneck(Path(path), dtype, attn_implementation)
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(resolve_model_path(model_name_or_path), **kwargs)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -1,6 +1,9 @@
 """Parameter-efficient fine-tuning: the ``peft:`` block of a module's YAML.
 
-No block means full fine-tuning. A block selects a registered method (``lora``) and its settings::
+No block means full fine-tuning. A block selects a registered method and its settings: ``lora``, ``dora``
+(weight-decomposed LoRA), ``ia3``, ``prefix`` (prefix tuning) through PEFT; ``bottleneck`` (Houlsby-style adapters
+after each decoder block's MLP, written here: no maintained library supports them on transformers 5); ``qlora``
+(LoRA on a 4-bit base through bitsandbytes; CUDA only)::
 
     model:
       peft:
@@ -13,8 +16,12 @@ No block means full fine-tuning. A block selects a registered method (``lora``) 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -35,6 +42,10 @@ class PeftSettings:
     """Module names to adapt (``q_proj``, ``v_proj``, ...) or ``all-linear`` (every linear layer but the LM head)."""
     bias: str = "none"
     """Which biases train: ``none``, ``all`` or ``lora_only``."""
+    num_virtual_tokens: int = 16
+    """Prefix tuning: learned key/value positions per layer."""
+    bottleneck_size: int = 64
+    """Bottleneck adapter: width of the down-projection."""
     extra: dict = field(default_factory=dict)
     """Further keyword arguments passed to the PEFT config class unchanged."""
 
@@ -54,8 +65,169 @@ def _lora(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM")
     return get_peft_model(model, config)
 
 
+def _dora(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
+    return _lora(model, dataclasses.replace(s, extra={**s.extra, "use_dora": True}), task_type)
+
+
+def _ia3(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
+    """IA3 scales keys, values and the MLP's input to its down-projection; ``all-linear`` means PEFT's default
+    modules for the architecture."""
+    from peft import IA3Config, get_peft_model
+
+    targets = None if s.target_modules == "all-linear" else s.target_modules
+    feedforward = None if targets is None else [m for m in targets if m in FEEDFORWARD_MODULES]
+    return get_peft_model(model, IA3Config(target_modules=targets, feedforward_modules=feedforward,
+                                           task_type=task_type, **s.extra))
+
+
+def _prefix(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
+    from peft import PrefixTuningConfig, get_peft_model
+
+    return get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=s.num_virtual_tokens, task_type=task_type,
+                                                    **s.extra))
+
+
+def _bottleneck(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
+    if task_type != "CAUSAL_LM":
+        raise ValueError("peft.method=bottleneck adapts causal LMs (SFT, DPO, KTO, PPO, CAI); for a reward model "
+                         "use lora, dora, ia3 or prefix")
+    return add_bottleneck_adapters(model, s.bottleneck_size)
+
+
+def _qlora(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
+    """LoRA on the 4-bit base that :func:`quantization_config` made the loader produce."""
+    from peft import prepare_model_for_kbit_training
+
+    check_qlora()
+    return _lora(prepare_model_for_kbit_training(model), s, task_type)
+
+
+def check_qlora() -> None:
+    """QLoRA needs CUDA and bitsandbytes; say so plainly instead of failing inside a kernel."""
+    if not torch.cuda.is_available():
+        raise ValueError("peft.method=qlora needs a CUDA GPU (bitsandbytes 4-bit weights); this machine has none. "
+                         "Use method: lora (or dora) on CPU.")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("peft.method=qlora needs bitsandbytes: pip install bitsandbytes")
+
+
+def quantization_config(settings: "PeftSettings | None"):
+    """The loader's 4-bit NF4 settings for QLoRA (compute in bfloat16, double quantisation), else ``None``."""
+    if settings is None or settings.method != "qlora":
+        return None
+    check_qlora()
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+#: module names that are feed-forward inputs (IA3 scales their input rather than their output)
+FEEDFORWARD_MODULES = ("down_proj", "fc2", "c_proj", "dense_4h_to_h")
+
 #: method name -> function(model, settings) returning the wrapped model.
-PEFT_METHODS: dict[str, Callable] = {"lora": _lora}
+PEFT_METHODS: dict[str, Callable] = {"lora": _lora, "dora": _dora, "ia3": _ia3, "prefix": _prefix,
+                                     "bottleneck": _bottleneck, "qlora": _qlora}
+
+
+def is_prompt_learning(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a PEFT prompt-learning model (prefix tuning): its forward must go through PEFT."""
+    config = getattr(model, "peft_config", None)
+    return bool(config) and any(getattr(c, "is_prompt_learning", False) for c in config.values())
+
+
+def can_merge(model: torch.nn.Module) -> bool:
+    """Whether the adapters fold into the base weights (LoRA, DoRA, IA3: yes; prefix, bottleneck: no)."""
+    return hasattr(model, "peft_config") and not is_prompt_learning(model)
+
+
+# ---- the bottleneck adapter -------------------------------------------------------------------------------------------
+BOTTLENECK_CONFIG = "bottleneck_adapter.json"
+BOTTLENECK_WEIGHTS = "bottleneck_adapter.safetensors"
+
+
+class BottleneckAdapter(torch.nn.Module):
+    """``h + up(relu(down(h)))`` on an MLP's output ``h`` (Houlsby et al. 2019). ``up`` starts at zero, so a fresh
+    adapter is the identity and training starts from the base model's outputs."""
+
+    def __init__(self, hidden_size: int, bottleneck_size: int):
+        super().__init__()
+        self.down = torch.nn.Linear(hidden_size, bottleneck_size)
+        self.up = torch.nn.Linear(bottleneck_size, hidden_size)
+        torch.nn.init.zeros_(self.up.weight)
+        torch.nn.init.zeros_(self.up.bias)
+
+    enabled = True
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return h
+        return h + self.up(torch.relu(self.down(h)))  # (..., H)
+
+
+def _mlp_output_hook(mlp: torch.nn.Module, inputs, output):
+    return mlp.bottleneck(output)
+
+
+def add_bottleneck_adapters(model: torch.nn.Module, bottleneck_size: int) -> torch.nn.Module:
+    """Freeze ``model`` and put a trainable :class:`BottleneckAdapter` after the MLP of every decoder block (as
+    ``<layer>.mlp.bottleneck``, applied by a forward hook, so the base weights keep their names)."""
+    model.requires_grad_(False)
+    layers = model.get_decoder().layers
+    hidden = model.config.hidden_size
+    for layer in layers:
+        adapter = BottleneckAdapter(hidden, bottleneck_size).to(next(layer.mlp.parameters()).dtype)
+        layer.mlp.add_module("bottleneck", adapter)
+        layer.mlp.register_forward_hook(_mlp_output_hook)
+    model.bottleneck_size = bottleneck_size
+    return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model: torch.nn.Module):
+    """The base model's behaviour inside the block: PEFT adapters disabled, or bottleneck adapters bypassed."""
+    if not hasattr(model, "bottleneck_size"):
+        with model.disable_adapter():
+            yield
+        return
+    adapters = [m for m in model.modules() if isinstance(m, BottleneckAdapter)]
+    for a in adapters:
+        a.enabled = False
+    try:
+        yield
+    finally:
+        for a in adapters:
+            a.enabled = True
+
+
+def bottleneck_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".bottleneck." in k}
+
+
+def save_bottleneck(model: torch.nn.Module, folder: Path, base: str) -> None:
+    """Write the adapters alone: their weights and ``{"base", "bottleneck_size"}``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(bottleneck_state(model), str(folder / BOTTLENECK_WEIGHTS))
+    (folder / BOTTLENECK_CONFIG).write_text(json.dumps({"base": base, "bottleneck_size": model.bottleneck_size}))
+
+
+def load_bottleneck(folder: Path, dtype: str = "float32", attn_implementation: Optional[str] = "sdpa"):
+    """The base model named in a saved adapter folder with its bottleneck adapters loaded."""
+    from safetensors.torch import load_file
+
+    from lightning_post.models.loading import load_causal_lm
+
+    config = json.loads((Path(folder) / BOTTLENECK_CONFIG).read_text())
+    model = add_bottleneck_adapters(load_causal_lm(config["base"], dtype, attn_implementation),
+                                    config["bottleneck_size"])
+    missing = model.load_state_dict(load_file(str(Path(folder) / BOTTLENECK_WEIGHTS)), strict=False)
+    if missing.unexpected_keys or any(".bottleneck." in k for k in missing.missing_keys):
+        raise ValueError(f"{folder}: adapter weights do not fit {config['base']}")
+    return model
 
 
 def apply_peft(model: torch.nn.Module, settings: PeftSettings | None, task_type: str = "CAUSAL_LM"):
