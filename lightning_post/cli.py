@@ -47,8 +47,8 @@ class MLflowConfig(SaveConfigCallback):
         })
         stats = getattr(trainer.datamodule, "stats", {}) or {}
         metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}
-        if hasattr(trainer.datamodule, "quality_metrics"):
-            metrics.update(trainer.datamodule.quality_metrics())
+        if hasattr(trainer.datamodule, "setup_metrics"):  # e.g. the quality gate's figures, the task mixture
+            metrics.update(trainer.datamodule.setup_metrics())
         invalid = getattr(trainer.datamodule, "invalid", None)
         if invalid is not None:
             metrics["data/invalid_pairs"] = float(len(invalid))

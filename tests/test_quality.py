@@ -362,7 +362,7 @@ def test_preference_data_module_gate_fails_or_warns_before_training(tmp_path, ti
     dm.prepare_data()
     dm.setup("fit")
     assert "length bias" in caplog.text and dm.quality["findings"]
-    assert dm.quality_metrics()["data/quality/length_bias"] == 1.0
+    assert dm.setup_metrics()["data/quality/length_bias"] == 1.0
 
 
 def test_real_human_preferences_length_bias_counts():

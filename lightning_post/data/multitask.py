@@ -217,6 +217,12 @@ class MultiTaskDataModule(PostDataModule):
         log.info("tasks %s: %s training examples, rates %s", self.task_names, self.sizes,
                  [round(r, 4) for r in self.rates])
 
+    def setup_metrics(self) -> dict[str, float]:
+        """The planned mixture, logged once: ``data/task_rate/<task>`` and ``data/task_examples/<task>``."""
+        out = {f"data/task_rate/{n}": r for n, r in zip(self.task_names, self.rates)}
+        out.update({f"data/task_examples/{n}": float(k) for n, k in zip(self.task_names, self.sizes)})
+        return out
+
     def _prompt_ids(self, record: dict, task: int) -> list[int]:
         text = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
         ids = encode_prompt(text, self.tasks[task].template or self.hparams.template, self._tokenizer())

@@ -188,7 +188,7 @@ class PreferenceDataModule(PostDataModule):
             files = ", ".join(_as_list(self.hparams.train_files) or [default_preference_file()])
             raise DataError(files, None, "quality gate failed: " + "; ".join(findings))
 
-    def quality_metrics(self) -> dict[str, float]:
+    def setup_metrics(self) -> dict[str, float]:
         """The gate's headline figures as ``data/quality/...`` metrics (empty without a gate)."""
         if self.quality is None:
             return {}
