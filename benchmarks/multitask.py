@@ -60,10 +60,10 @@ def write_markdown(results: dict, commands: list[str]) -> None:
         "# Multitask SFT: temperature sampling T=1 vs T=2",
         "",
         f"Machine: {platform.machine()}, {platform.system()}, 2 CPU cores, no GPU. SmolLM2-135M-Instruct, LoRA r16 "
-        "on every linear layer, 40 steps of 8 examples, max length 320, lr 5e-4 cosine; 16 held-out examples per "
+        "on every linear layer, 30 steps of 8 examples, max length 256, lr 5e-4 cosine; 16 held-out examples per "
         "task. Produced by `.venv/bin/python benchmarks/multitask.py`.",
         "",
-        "## Mixture: planned rate / realised share of the 320 training rows",
+        "## Mixture: planned rate / realised share of the 240 training rows",
         "",
         "| task | examples | " + " | ".join(names) + " |",
         "|---|---|" + "---|" * len(names),
@@ -73,7 +73,7 @@ def write_markdown(results: dict, commands: list[str]) -> None:
         cells = [f"{r['final'][f'data/task_rate/{task}']:.3f} / {r['final'][f'data/task_share/{task}']:.3f}"
                  for r in results.values()]
         lines.append(f"| {task} | {first[f'data/task_examples/{task}']:.0f} | " + " | ".join(cells) + " |")
-    lines += ["", "## Held-out loss per task (token mean): after 20 steps -> after 40 steps", "",
+    lines += ["", "## Held-out loss per task (token mean): after 15 steps -> after 30 steps", "",
               "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for task in tasks:
         cells = []
