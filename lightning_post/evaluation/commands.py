@@ -162,13 +162,18 @@ def _flat(prefix: str, tree: dict) -> dict[str, float]:
     return out
 
 
+def pick_device(device: Optional[str]) -> str:
+    """The device a command runs on: ``device`` when given, else cuda when available, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class _Command:
-    """What both commands share: the device they run on (``device``, else cuda when available)."""
+    """What both commands share: the device they run on."""
 
     device: Optional[str] = None
 
     def _device(self) -> str:
-        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return pick_device(self.device)
 
 
 class Evaluate(_Command):

@@ -17,10 +17,9 @@ import logging
 from pathlib import Path
 from typing import Optional, Union
 
-import torch
-
 from lightning_post.data.prompts import normalize_prompt_record
 from lightning_post.data.records import DataError, raw_records
+from lightning_post.evaluation.commands import pick_device
 from lightning_post.evaluation.judges import DEFAULT_QUESTION, build_judge
 from lightning_post.quality.collect import build_pairs, generate_responses, label_pairs, load_responses
 from lightning_post.quality.report import QualityGate, gate_findings, plots, quality_report, render_page
@@ -46,10 +45,6 @@ def expand(paths: Paths) -> list[str]:
             raise DataError(p, None, "no file matches this pattern")
         out += hits
     return out
-
-
-def _device(device: Optional[str]) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class DataPairs:
@@ -107,7 +102,7 @@ class DataPairs:
             prompts = [p for _, p in raw_records(self.prompts, lambda r, w: normalize_prompt_record(r, w)["prompt"])]
             prompts = prompts[: self.max_prompts] if self.max_prompts is not None else prompts
             answers = generate_responses(self.models, prompts, self.max_new_tokens, self.batch_size, self.temperature,
-                                         self.dtype, _device(self.device))
+                                         self.dtype, pick_device(self.device))
             out = Path(self.output)
             write_jsonl(out.with_name(out.name.removesuffix(".jsonl") + ".responses.jsonl"), answers)
         pairs = build_pairs(answers, self.seed)
@@ -163,7 +158,7 @@ class DataLabel:
         pairs = pairs[: self.max_pairs] if self.max_pairs is not None else pairs
         model = self.judge_model or DEFAULT_MODEL
         judge = build_judge(self.judge, model, self.question, self.tie_band, batch_size=self.batch_size,
-                            device=_device(self.device))
+                            device=pick_device(self.device))
         annotator = self.annotator or f"{self.judge}:{Path(model).name}"
         rows = label_pairs(pairs, judge, annotator, self.criteria or (), self.single_order_annotator)
         write_jsonl(self.output, rows)

@@ -97,11 +97,12 @@ def normalize_annotation(record: Any, where: str) -> dict[str, Any]:
     """Validate an annotation: a pair plus ``overall``, optional ``criteria``/``reasoning``/``confidence`` and the
     required ``annotator``.
 
-    >>> normalize_annotation({"prompt": "Hi", "response_a": "a", "response_b": "b", "overall": "A",
-    ...                       "confidence": 7, "annotator": "x"}, "f.jsonl:3")
-    Traceback (most recent call last):
-    ...
-    lightning_post.data.records.DataError: f.jsonl:3: field 'confidence': must be an integer from 1 to 5, got 7
+    >>> try:
+    ...     normalize_annotation({"prompt": "Hi", "response_a": "a", "response_b": "b", "overall": "A",
+    ...                           "confidence": 7, "annotator": "x"}, "f.jsonl:3")
+    ... except DataError as e:
+    ...     print(e)
+    f.jsonl:3: field 'confidence': must be an integer from 1 to 5, got 7
     """
     out = normalize_pair(record, where)
     if record.get("overall") is None:
