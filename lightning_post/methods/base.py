@@ -26,6 +26,8 @@ from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.sft import token_cross_entropy
 from lightning_post.generation import generate_from_ids
+from lightning_post.host_memory import keep_freed_host_memory
+from lightning_post.models.attention import VARLEN_ATTENTION, repad, unpad, varlen_kwargs
 from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from lightning_post.models.peft import (
     PeftSettings, apply_peft, count_parameters, is_prompt_learning, quantization_config,
@@ -53,7 +55,7 @@ class PostTrainingModule(L.LightningModule):
         self,
         model_name_or_path: str = DEFAULT_MODEL,
         dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa",
+        attn_implementation: Optional[str] = "sdpa_varlen",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         peft: Optional[PeftSettings] = None,
@@ -77,6 +79,7 @@ class PostTrainingModule(L.LightningModule):
         """Load the policy (and its tokenizer) once; Lightning calls this before fit/validate/test."""
         if self.model is not None:
             return
+        keep_freed_host_memory()
         hp = self.hparams
         model = self.load_backbone()
         if hp.gradient_checkpointing:
@@ -124,7 +127,11 @@ class PostTrainingModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(states["cuda"])
 
     def forward_hidden(self, batch: dict) -> torch.Tensor:
-        """Last hidden states ``(B, T, H)`` of the decoder; packed rows get the 4D segment mask."""
+        """Last hidden states ``(B, T, H)`` of the decoder.
+
+        With a varlen attention (``sdpa_varlen``, flash attention) the batch is unpadded first (padding-free, see
+        :mod:`lightning_post.models.attention`); otherwise packed rows get the 4D segment mask.
+        """
         if is_prompt_learning(self.model):  # prefix tuning: PEFT's forward adds the learned key/value positions
             if int(batch["segment_ids"].max()) > 1:
                 raise ValueError("prefix tuning cannot train on packed rows; set data.packing: false")
@@ -132,6 +139,12 @@ class PostTrainingModule(L.LightningModule):
                              output_hidden_states=True)
             return out.hidden_states[-1]  # (B, T, H)
         decoder = unwrap_peft(self.model).get_decoder()
+        implementation = decoder.config._attn_implementation
+        if implementation in VARLEN_ATTENTION:  # padding-free: only the real tokens go through the model
+            flat = unpad(batch)
+            out = decoder(input_ids=flat["input_ids"], position_ids=flat["position_ids"],
+                          **varlen_kwargs(flat["cu_seqlens"], implementation, flat["input_ids"].device))
+            return repad(out.last_hidden_state, flat["keep"])  # (B, T, H)
         if int(batch["segment_ids"].max()) > 1:  # packed: keep examples from attending to each other
             mask = attention_bias(batch["segment_ids"])  # (B, 1, T, T)
         else:

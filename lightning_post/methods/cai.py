@@ -41,7 +41,7 @@ class CAIModule(SFTModule):
         self,
         model_name_or_path: str = DEFAULT_MODEL,
         dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa",
+        attn_implementation: Optional[str] = "sdpa_varlen",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         peft: Optional[PeftSettings] = None,
@@ -68,7 +68,9 @@ class CAIModule(SFTModule):
             model_name_or_path: alias, local folder or hub id of the model that answers, critiques, revises and
                 learns.
             dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2``.
+            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
+                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
+                ``flash_attention_2`` (also padding-free).
             gradient_checkpointing: recompute activations in backward to save memory.
             trust_remote_code: allow model code from the checkpoint folder (off unless asked).
             peft: parameter-efficient method (LoRA, ...); omit for full fine-tuning.

@@ -87,7 +87,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         self,
         model_name_or_path: str = DEFAULT_MODEL,
         dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa",
+        attn_implementation: Optional[str] = "sdpa_varlen",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         peft: Optional[PeftSettings] = None,
@@ -126,7 +126,9 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         Args:
             model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of the starting policy.
             dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2``.
+            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
+                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
+                ``flash_attention_2`` (also padding-free).
             gradient_checkpointing: recompute activations in backward to save memory.
             trust_remote_code: allow model code from the checkpoint folder (off unless asked).
             peft: parameter-efficient method (LoRA, ...); the reference is then the policy with adapters disabled.

@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.pcgrad import gradient_cosines, pcgrad
-from lightning_post.losses.sft import token_cross_entropy
+from lightning_post.losses.sft import linear_cross_entropy
 from lightning_post.methods.base import AccumulatingModule
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
@@ -30,7 +30,7 @@ class SFTModule(AccumulatingModule):
         self,
         model_name_or_path: str = DEFAULT_MODEL,
         dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa",
+        attn_implementation: Optional[str] = "sdpa_varlen",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         peft: Optional[PeftSettings] = None,
@@ -40,12 +40,15 @@ class SFTModule(AccumulatingModule):
         pcgrad: bool = False,
         task_grad_cosine: bool = False,
         exact_match_max_new_tokens: int = 16,
+        logits_chunk_size: int = 1024,
     ):
         """
         Args:
             model_name_or_path: alias (``smollm2-135m-instruct``, ``tiny-llama``), local folder or hub id.
             dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2``.
+            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
+                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
+                ``flash_attention_2`` (also padding-free).
             gradient_checkpointing: recompute activations in backward to save memory.
             trust_remote_code: allow model code from the checkpoint folder (off unless asked).
             peft: parameter-efficient method (LoRA, ...); omit for full fine-tuning.
@@ -57,6 +60,8 @@ class SFTModule(AccumulatingModule):
             task_grad_cosine: with multitask data, log the cosine similarity of every two tasks' gradients
                 (``train/grad_cosine/<a>/<b>``; also on with ``pcgrad``).
             exact_match_max_new_tokens: longest generated answer of exact-match (classification) validation.
+            logits_chunk_size: response positions whose logits are computed at once (memory ``chunk * vocab``
+                floats; with a frozen LM head, as with LoRA, the full logits never exist).
         """
         super().__init__(
             model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
@@ -77,10 +82,19 @@ class SFTModule(AccumulatingModule):
     def loss_units(self, batch: dict) -> torch.Tensor:
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
+    def response_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token losses ``(N,)``, arg-max predictions ``(N,)`` and targets ``(N,)`` at the response positions,
+        computed chunk by chunk from the hidden states (the ``(N, V)`` logits never exist at once)."""
+        targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at position t
+        select = targets != IGNORE_INDEX  # (B, T-1)
+        hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
+        losses, predictions = linear_cross_entropy(hidden, self.lm_head().weight, targets[select],
+                                                   self.hparams.logits_chunk_size)
+        return losses, predictions, targets[select]
+
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
-        logits, targets = self.response_logits(micro_batch)
-        losses = token_cross_entropy(logits, targets)
-        correct = (logits.detach().argmax(-1) == targets).sum()
+        losses, predictions, targets = self.response_losses(micro_batch)
+        correct = (predictions == targets).sum()
         out = {"loss_sum": losses.sum(), "correct_sum": correct}
         if "task" in micro_batch:
             out["task_rows_sum"] = torch.bincount(micro_batch["task"], minlength=len(self.task_names())).float()
@@ -179,10 +193,9 @@ class SFTModule(AccumulatingModule):
 
     # ---- evaluation --------------------------------------------------------------------------------------------
     def _eval_step(self, batch: dict, loss_metric: MeanMetric, acc_metric: MeanMetric, stage: str = "val") -> None:
-        logits, targets = self.response_logits(batch)
-        losses = token_cross_entropy(logits, targets)  # (N,)
+        losses, predictions, targets = self.response_losses(batch)  # (N,) each
         loss_metric.update(losses)  # mean over every response token of the split
-        acc_metric.update((logits.argmax(-1) == targets).float())
+        acc_metric.update((predictions == targets).float())
         if "task" in batch:  # per task: summed token loss and token count
             select = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, T-1)
             rows = select.nonzero()[:, 0]  # (N,)

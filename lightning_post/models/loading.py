@@ -156,9 +156,11 @@ def load_causal_lm(
     saved by the bottleneck adapter loads its base with the adapters. ``quantization_config``: QLoRA's 4-bit base."""
     from transformers import AutoModelForCausalLM
 
+    from lightning_post.models.attention import register as register_attention
     from lightning_post.models.peft import BOTTLENECK_CONFIG, load_bottleneck
 
     path = resolve_model_path(model_name_or_path)
+    register_attention()
     if (Path(path) / BOTTLENECK_CONFIG).exists():
         return load_bottleneck(Path(path), dtype, attn_implementation)
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}

@@ -46,6 +46,9 @@ class PeftSettings:
     """Prefix tuning: learned key/value positions per layer."""
     bottleneck_size: int = 64
     """Bottleneck adapter: width of the down-projection."""
+    fused: bool = True
+    """LoRA: add the adapter's product to the base layer's output inside one ``addmm`` (same maths, two fewer
+    passes over each layer's output; see ``fuse_lora_forward``)."""
     extra: dict = field(default_factory=dict)
     """Further keyword arguments passed to the PEFT config class unchanged."""
 
@@ -62,7 +65,42 @@ def _lora(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM")
         task_type=task_type,
         **s.extra,
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if s.fused and not config.use_dora:
+        fuse_lora_forward(model)
+    return model
+
+
+def fuse_lora_forward(model: torch.nn.Module) -> int:
+    """Give every plain LoRA linear layer the fused forward ``addmm(x W^T + b, dropout(x) A^T, B^T, alpha=s)``.
+
+    PEFT computes ``base(x) + B(A(dropout(x))) * s``: the scaling and the sum are two more passes over the layer's
+    output, forward and backward. The fused forward is the same sum in one BLAS call. Layers with adapters
+    disabled (DPO's reference), merged, with several active adapters or a variant (DoRA) keep PEFT's forward.
+    Returns the number of layers changed.
+    """
+    import types
+
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    n = 0
+    for module in model.modules():
+        if type(module) is LoraLinear and type(module.base_layer) is torch.nn.Linear:
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            n += 1
+    return n
+
+
+def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    adapters = [a for a in self.active_adapters if a in self.lora_A]
+    if self.disable_adapters or self.merged or args or kwargs or len(adapters) != 1 or adapters[0] in self.lora_variant:
+        return type(self).forward(self, x, *args, **kwargs)
+    name = adapters[0]
+    A, B = self.lora_A[name].weight, self.lora_B[name].weight  # (r, in), (out, r)
+    out = torch.nn.functional.linear(x, self.base_layer.weight, self.base_layer.bias)  # (..., out)
+    low = torch.nn.functional.linear(self.lora_dropout[name](x), A)  # (..., r)
+    fused = torch.addmm(out.reshape(-1, out.shape[-1]), low.reshape(-1, low.shape[-1]), B.t(), alpha=self.scaling[name])
+    return fused.view(out.shape)
 
 
 def _dora(model: torch.nn.Module, s: PeftSettings, task_type: str = "CAUSAL_LM"):
