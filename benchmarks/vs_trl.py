@@ -42,8 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-INSTRUCTIONS = SHARED / "instructions" / "predictions" / "text-davinci-003.jsonl"
-HH = SHARED / "preference" / "hh_rlhf_harmless_base_test.jsonl.gz"
+INSTRUCTIONS = "instructions/predictions/text-davinci-003.jsonl"
+HH = "preference/hh_rlhf_harmless_base_test.jsonl.gz"
 TRL_PY = ROOT / "benchmarks" / ".trl-venv" / "bin" / "python"
 LORA = dict(r=16, alpha=32, dropout=0.0, target_modules="all-linear")
 
@@ -169,7 +169,7 @@ def prepare_sft(a, work: Path) -> tuple[Path, Path]:
 
     text = work / "sft-text.jsonl"
     rows = []
-    with open(INSTRUCTIONS, encoding="utf-8") as f:
+    with open(Path(a.data_dir) / INSTRUCTIONS, encoding="utf-8") as f:
         for line in f:
             r = json.loads(line)
             rows.append({"prompt": r["prompt"], "completion": r["response"]})
@@ -198,10 +198,11 @@ def prepare_pairs(a, work: Path) -> Path:
     n = a.batch_size * a.steps
     out = work / f"pairs-{n}-{a.max_length}.jsonl"
     rows = []
-    with gzip.open(HH, "rt", encoding="utf-8") as f:
+    hh = Path(a.data_dir) / HH
+    with gzip.open(hh, "rt", encoding="utf-8") as f:
         for i, line in enumerate(f, start=1):
             try:
-                pair = normalize_preference_record(json.loads(line), f"{HH}:{i}")
+                pair = normalize_preference_record(json.loads(line), f"{hh}:{i}")
             except DataError:
                 continue
             if pair["chosen"].strip() == pair["rejected"].strip():
@@ -262,8 +263,8 @@ def launch(python: str, framework: str, task: str, a, data: Path) -> dict:
            "--steps", str(a.steps), "--batch-size", str(a.batch[task]), "--max-length", str(a.max_length),
            "--lr", str(a.lr), "--threads", str(a.threads), "--seed", str(a.seed), "--device", a.device,
            "--precision", a.precision, "--work", str(a.work), "--ours-options", json.dumps(a.options[task])]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               PYTHONUNBUFFERED="1")
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -282,6 +283,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder; default: lightning-post's converted SmolLM2")
     ap.add_argument("--random-init", metavar="CONFIG_DIR",
                     help="build the model from this config folder with seeded random weights instead")
+    ap.add_argument("--data-dir", default=str(SHARED), help="folder holding ../shared/data's files")
     ap.add_argument("--tasks", default="sft,dpo")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--sft-batch-size", type=int, default=8)

@@ -1,4 +1,4 @@
-"""GPU checks of every method on the tiny model: one GPU (fp32 and bf16-mixed) and FSDP, against the CPU.
+"""GPU checks of every method on the tiny model: one GPU (fp32 and bf16-mixed), FSDP and DeepSpeed, against the CPU.
 
 Run on a machine with a GPU (the tiny model must be in $LIGHTNING_POST_CACHE):
 
@@ -25,7 +25,7 @@ from lightning_post.optim import OptimSettings
 LORA = PeftSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
 
-def fit(cls, accelerator, strategy, precision, peft=LORA, steps=3):
+def fit(cls, accelerator, strategy, precision, peft=LORA, steps=3, attn="sdpa_varlen"):
     metrics = []
 
     class Rec(L.Callback):
@@ -35,7 +35,7 @@ def fit(cls, accelerator, strategy, precision, peft=LORA, steps=3):
 
     L.seed_everything(0)
     module = cls("tiny-llama", peft=peft, optim=OptimSettings(name="sgd", lr=0.5), gradient_clip_val=None,
-                 micro_batch_size=2)
+                 micro_batch_size=None if type(strategy).__name__ == "DeepSpeedStrategy" else 2, attn_implementation=attn)
     if cls is SFTModule:
         data = InstructionDataModule(tokenizer="tiny-llama", max_length=128, batch_size=4, shuffle=False, val_fraction=0.1)
     else:
@@ -51,6 +51,7 @@ def fit(cls, accelerator, strategy, precision, peft=LORA, steps=3):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
+    ap.add_argument("--cpu", action="store_true", help="run the single-device cases on the CPU instead")
     args = ap.parse_args()
     def fsdp():  # a strategy object belongs to one Trainer: a new one per case
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -58,18 +59,29 @@ def main() -> None:
         return L.pytorch.strategies.FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, sharding_strategy="FULL_SHARD",
                                                  state_dict_type="full")
 
+    def deepspeed():
+        return L.pytorch.strategies.DeepSpeedStrategy(stage=2)
+
     cases = []
     for cls in (SFTModule, RewardModule, DPOModule):
-        cases += [(cls, "cpu", "auto", "32-true", LORA), (cls, "gpu", "auto", "32-true", LORA),
-                  (cls, "gpu", "auto", "bf16-mixed", LORA), (cls, "gpu", fsdp, "bf16-mixed", LORA),
-                  (cls, "gpu", fsdp, "bf16-mixed", None)]
-    cases += [(DPOModule, "gpu", "auto", "32-true", None)]
+        cases += [(cls, "gpu", "auto", "32-true", LORA, "sdpa"), (cls, "gpu", "auto", "32-true", LORA, "sdpa_varlen"),
+                  (cls, "gpu", fsdp, "bf16-mixed", LORA, "sdpa_varlen"),
+                  (cls, "gpu", deepspeed, "bf16-mixed", LORA, "sdpa_varlen")]
+    cases += [(SFTModule, "gpu", fsdp, "bf16-mixed", None, "sdpa_varlen"),
+              (SFTModule, "gpu", deepspeed, "bf16-mixed", None, "sdpa_varlen"),
+              (DPOModule, "gpu", "auto", "32-true", None, "sdpa_varlen")]
+    if args.cpu:  # the CPU rows to compare with (run where the GPU rows ran, or here)
+        cases = [(c, "cpu", "auto", "32-true", p, a) for c, _, s_, _, p, a in cases if s_ == "auto"]
     results = []
-    for cls, acc, strategy, precision, peft in cases:
-        row = {"method": cls.method, "accelerator": acc, "strategy": strategy if isinstance(strategy, str) else "fsdp",
-               "precision": precision, "peft": "lora" if peft else "full"}
+    for cls, acc, strategy, precision, peft, attn in cases:
+        if acc == "gpu" and not torch.cuda.is_available():
+            continue
+        name = strategy if isinstance(strategy, str) else strategy.__name__
+        row = {"method": cls.method, "accelerator": acc, "strategy": name, "precision": precision,
+               "peft": "lora" if peft else "full", "attention": attn}
         try:
-            losses, norms = fit(cls, acc, strategy if isinstance(strategy, str) else strategy(), precision, peft)
+            losses, norms = fit(cls, acc, strategy if isinstance(strategy, str) else strategy(), precision, peft,
+                                attn=attn)
             row["losses"], row["grad_norms"] = losses, norms
             if cls is DPOModule:
                 row["step0_is_log2"] = abs(losses[0] - math.log(2)) < 1e-5

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lightning_post.data.collate import attention_bias, split_batch
 from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
-from lightning_post.losses.sft import token_cross_entropy
+from lightning_post.losses.sft import linear_cross_entropy, token_cross_entropy
 from lightning_post.generation import generate_from_ids
 from lightning_post.host_memory import keep_freed_host_memory
 from lightning_post.models.attention import VARLEN_ATTENTION, repad, unpad, varlen_kwargs
@@ -163,7 +163,11 @@ class PostTrainingModule(L.LightningModule):
         targets = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
         select = targets != IGNORE_INDEX  # (R, T-1)
         hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
-        token_logps = -token_cross_entropy(self.lm_head()(hidden), targets[select])  # (N,)
+        head = self.lm_head()
+        if getattr(head, "bias", None) is None and isinstance(head, torch.nn.Linear):  # chunked, no (N, V) logits
+            token_logps = -linear_cross_entropy(hidden, head.weight, targets[select])[0]  # (N,)
+        else:
+            token_logps = -token_cross_entropy(head(hidden), targets[select])  # (N,)
         rows = select.nonzero()[:, 0]  # (N,) row of each selected token
         return sum_by_row(token_logps, rows, targets.shape[0]), select.sum(1)
 

@@ -62,6 +62,7 @@ class CAIModule(SFTModule):
         few_shot: Optional[str] = None,
         few_shot_examples: Optional[int] = 2,
         seed: int = 0,
+        logits_chunk_size: int = 1024,
     ):
         """
         Args:
@@ -77,6 +78,7 @@ class CAIModule(SFTModule):
             optim: optimizer and learning-rate schedule of SL-CAI.
             micro_batch_size: rows per forward/backward in training.
             gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
+            logits_chunk_size: response positions whose logits are computed at once in the SFT loss.
             constitution: YAML constitution or the paper's JSON of critique/revision requests (``null`` = the
                 bundled five principles).
             language: language of the constitution's texts (the bundled one has ``en`` and ``ko``).
@@ -97,7 +99,8 @@ class CAIModule(SFTModule):
             seed: seed of the principle draws and of sampling.
         """
         super().__init__(model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code,
-                         peft, optim, micro_batch_size, gradient_clip_val)
+                         peft, optim, micro_batch_size, gradient_clip_val,
+                         logits_chunk_size=logits_chunk_size)
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
         if principle_choice not in ("sample", "cycle"):

@@ -47,7 +47,7 @@ class RewardModule(AccumulatingModule):
         self,
         model_name_or_path: str = DEFAULT_MODEL,
         dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
+        attn_implementation: Optional[str] = "sdpa",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         peft: Optional[PeftSettings] = None,
@@ -61,9 +61,8 @@ class RewardModule(AccumulatingModule):
         Args:
             model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of a causal LM or reward model.
             dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
+            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2`` (the reward
+                model runs padded batches; ``sdpa_varlen`` is accepted and is ``sdpa`` here).
             gradient_checkpointing: recompute activations in backward to save memory.
             trust_remote_code: allow model code from the checkpoint folder (off unless asked).
             peft: parameter-efficient method (LoRA, ...); the reward head always trains in full.
@@ -85,10 +84,13 @@ class RewardModule(AccumulatingModule):
     def load_backbone(self) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
+        from lightning_post.models.attention import register as register_attention
+
         hp = self.hparams
         kwargs = {"dtype": torch_dtype(hp.dtype), "trust_remote_code": hp.trust_remote_code, "num_labels": 1}
         if hp.attn_implementation:
             kwargs["attn_implementation"] = hp.attn_implementation
+        register_attention()
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(hp.model_name_or_path), **kwargs)
         if model.config.pad_token_id is None:  # the head reads the last non-pad token, so pad must be known
             from lightning_post.models.loading import load_tokenizer
