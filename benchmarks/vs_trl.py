@@ -100,8 +100,20 @@ def worker_ours(a) -> dict:
                         precision="bf16-mixed" if a.precision == "bf16" else "32-true", max_steps=a.steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Clock()])
-    trainer.fit(module, data)
-    return {"times": times, "losses": losses, "tokens": tokens}
+    if not a.profile:
+        trainer.fit(module, data)
+        return {"times": times, "losses": losses, "tokens": tokens}
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        trainer.fit(module, data)
+    sort = "self_cuda_time_total" if a.device == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
+    out = Path(a.work) / f"profile-{a.task}-{a.device}.txt"
+    out.write_text(table)
+    print(table, file=sys.stderr)
+    return {"times": times, "losses": losses, "tokens": tokens, "profile": str(out)}
 
 
 def worker_trl(a) -> dict:
@@ -263,6 +275,8 @@ def launch(python: str, framework: str, task: str, a, data: Path) -> dict:
            "--steps", str(a.steps), "--batch-size", str(a.batch[task]), "--max-length", str(a.max_length),
            "--lr", str(a.lr), "--threads", str(a.threads), "--seed", str(a.seed), "--device", a.device,
            "--precision", a.precision, "--work", str(a.work), "--ours-options", json.dumps(a.options[task])]
+    if a.profile and framework == "ours":
+        cmd.append("--profile")
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONPATH=path, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     start = time.time()
@@ -300,6 +314,8 @@ def main() -> None:
     ap.add_argument("--sft-options", default="{}", help="extra SFTModule arguments (JSON) for an ablation")
     ap.add_argument("--dpo-options", default="{}", help="extra DPOModule arguments (JSON) for an ablation")
     ap.add_argument("--ours-options", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true",
+                    help="run lightning-post's workers under torch.profiler (slower) and save the op table")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     a = ap.parse_args()
     if a.worker:
@@ -391,20 +407,23 @@ def report(runs: dict, a, limits: list[float], command: str) -> None:
         unit = "real tokens/s" if task == "sft" else "pairs/s"
         title = ("SFT (Self-Instruct instructions, text-davinci-003 answers, batch 8)" if task == "sft"
                  else "DPO (HH-RLHF harmless pairs, batch 4 pairs, beta 0.1)")
-        lines += [f"## {title}", "", f"| framework | round | {unit} | real tokens/s | MFU | mean step s | "
+        first = "" if task == "sft" else f" {unit} |"
+        lines += [f"## {title}", "", f"| framework | round |{first} real tokens/s | MFU | mean step s | "
                   f"peak {'GPU' if a.device == 'cuda' else 'RSS'} GB | wall s (incl. load) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|" + ("" if task == "sft" else "---|")]
         for name, results in (("lightning-post", ours), ("TRL 1.16", trl)):
             for i, res in enumerate(results, start=1):
                 t = sum(res["times"][1:])
                 tps = tokens / t
                 mfu = tps * flops_per_token / (limit * 1e9)
-                lines.append(f"| {name} | {i} | {rate(res):.3f} | {tps:.1f} | {mfu:.1%} | {t / steps:.2f} | "
+                first = "" if task == "sft" else f" {rate(res):.3f} |"
+                lines.append(f"| {name} | {i} |{first} {tps:.1f} | {mfu:.1%} | {t / steps:.2f} | "
                              f"{res['peak_memory_gb']:.2f} | {res['wall_s']:.0f} |")
         mean_ours = statistics.mean(rate(r) for r in ours)
         mean_trl = statistics.mean(rate(r) for r in trl)
         mem_ratio = max(r["peak_memory_gb"] for r in ours) / max(r["peak_memory_gb"] for r in trl)
-        lines += ["", f"**{task.upper()}: lightning-post / TRL = {mean_ours / mean_trl:.2f}× {unit}**; peak memory "
+        lines += ["", f"MFU = real tokens/s × {flops_per_token // n_params} × {n_params / 1e6:.1f}M / measured limit.", "",
+                  f"**{task.upper()}: lightning-post / TRL = {mean_ours / mean_trl:.2f}× {unit}**; peak memory "
                   f"ratio {mem_ratio:.2f}; lightning-post MFU {tokens / sum(ours[-1]['times'][1:]) * flops_per_token / (limit * 1e9):.1%}.",
                   "", "Losses of the first steps (round 1):", "",
                   "| step | " + " | ".join(str(i + 1) for i in range(len(ours[0]["losses"]))) + " |",

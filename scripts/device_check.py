@@ -90,6 +90,9 @@ def main() -> None:
             row["traceback"] = traceback.format_exc()[-1500:]
         print(json.dumps(row), flush=True)
         results.append(row)
+        if args.out:  # after every case, so a run stopped by a time limit keeps what it did
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
     if torch.cuda.is_available():
         print(json.dumps({"device": torch.cuda.get_device_name(0), "torch": torch.__version__}))
     if args.out:

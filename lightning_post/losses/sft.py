@@ -50,7 +50,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             top, predictions[rows] = logits.max(-1)  # (c,), (c,)
             exp = logits.sub_(top[:, None]).exp_()  # exp(logit - max), in place
             total = exp.sum(-1)  # (c,)
-            losses[rows] = top + total.log() - target_logit  # logsumexp - logit[target]
+            losses[rows] = _nll(top, total, target_logit)
             if grad is not None:
                 probs = exp.div_(total[:, None])  # softmax, in place
                 probs[torch.arange(target.numel(), device=probs.device), target] -= 1.0
@@ -81,6 +81,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         hidden states.
     """
     if weight.requires_grad and torch.is_grad_enabled():
-        logits = hidden @ weight.t()  # (N, V)
-        return token_cross_entropy(logits, targets), logits.detach().argmax(-1)
+        logits = (hidden @ weight.t()).float()  # (N, V)
+        top, predictions = logits.detach().max(-1)  # (N,), (N,)
+        total = (logits - top[:, None]).exp().sum(-1)  # (N,)
+        return _nll(top, total, logits.gather(1, targets[:, None])[:, 0]), predictions
     return _LinearCrossEntropy.apply(hidden, weight.detach(), targets, chunk_size)
+
+
+def _nll(top: torch.Tensor, total: torch.Tensor, target_logit: torch.Tensor) -> torch.Tensor:
+    """``logsumexp - logit[target]`` from the row maximum and ``sum(exp(logit - max))``; one formula for both paths
+    of :func:`linear_cross_entropy`, so a policy and its frozen copy get bit-identical values."""
+    return top + total.log() - target_logit

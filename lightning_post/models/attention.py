@@ -13,13 +13,16 @@ would cost ``N^2``). Without ``cu_seq_lens_*`` (generation, scoring with a paddi
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 #: attention implementations that take unpadded rows with ``cu_seq_lens_*``
 VARLEN_ATTENTION = ("sdpa_varlen", "flash_attention_2", "flash_attention_3")
+_CUDA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -38,11 +41,15 @@ def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     p = dropout if module.training else 0.0
     lengths = (cu[1:] - cu[:-1]).tolist()
-    # split, not slices: the backward of a slice writes a zero tensor of the whole row per sequence
-    outs = [
-        F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
-        for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
-    ]  # each (1, Hq, n_i, D)
+    # On CUDA, leave out cuDNN's attention: it builds an execution plan for every new sequence length, and
+    # padding-free batches bring new lengths every step.
+    backends = _CUDA_BACKENDS if query.is_cuda else None
+    with sdpa_kernel(backends) if backends else contextlib.nullcontext():
+        # split, not slices: the backward of a slice writes a zero tensor of the whole row per sequence
+        outs = [
+            F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
+            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))
+        ]  # each (1, Hq, n_i, D)
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None  # (1, N, Hq, D)
 
 
