@@ -83,10 +83,11 @@ def worker_ours(a) -> dict:
     L.seed_everything(a.seed)
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
+    options = json.loads(a.ours_options)
     common = dict(
-        peft=PeftSettings(**LORA),
+        peft=PeftSettings(**{**LORA, **options.pop("peft", {})}),
         optim=OptimSettings(name="adamw", lr=a.lr, weight_decay=0.0, schedule="constant", warmup_steps=0),
-        gradient_clip_val=1.0, **json.loads(a.ours_options),
+        gradient_clip_val=1.0, **options,
     )
     if a.task == "sft":
         module = SFTModule(a.model, **common)
@@ -314,6 +315,7 @@ def main() -> None:
     ap.add_argument("--sft-options", default="{}", help="extra SFTModule arguments (JSON) for an ablation")
     ap.add_argument("--dpo-options", default="{}", help="extra DPOModule arguments (JSON) for an ablation")
     ap.add_argument("--ours-options", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--frameworks", default="ours,trl", help="`ours` alone for a profile or an ablation (no report)")
     ap.add_argument("--profile", action="store_true",
                     help="run lightning-post's workers under torch.profiler (slower) and save the op table")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
@@ -323,7 +325,7 @@ def main() -> None:
         result["peak_memory_gb"] = peak_memory_gb(a.device)
         print(json.dumps(result))
         return
-    if not Path(a.trl_python).exists() and a.trl_python == str(TRL_PY):
+    if "trl" in a.frameworks and not Path(a.trl_python).exists() and a.trl_python == str(TRL_PY):
         sys.exit("TRL is not installed: run `bash benchmarks/setup_trl.sh` first")
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -351,10 +353,14 @@ def main() -> None:
     for r in range(a.rounds):
         for task in tasks:
             for fw, python in (("ours", sys.executable), ("trl", a.trl_python)):
+                if fw not in a.frameworks.split(","):
+                    continue
                 res = launch(python, fw, task, a, data[task][fw])
                 runs[task][fw].append(res)
                 print(f"round {r + 1} {task} {fw}: {summarise(res, task, a)}", flush=True)
     limits.append(matmul_limit(a.device, a.precision, a.threads))
+    if a.frameworks != "ours,trl":  # a profile or ablation of one side: no side-by-side report
+        return
     command = " ".join(["python", os.path.relpath(sys.argv[0], ROOT) if Path(sys.argv[0]).is_absolute()
                         else sys.argv[0], *sys.argv[1:]])
     report(runs, a, limits, command)

@@ -1,5 +1,5 @@
 """The speed paths compute the same maths as the plain ones: padding-free attention, the chunked linear
-cross-entropy, the fused LoRA forward, and the host allocator setting."""
+cross-entropy and the fused LoRA forward; and the strategy checks."""
 
 from __future__ import annotations
 
@@ -199,12 +199,24 @@ def test_fused_lora_forward_equals_peft():
                           and "base_layer" not in n)
 
 
-# ---- host allocator ----------------------------------------------------------------------------------------------
-def test_host_memory_knob(monkeypatch):
-    import lightning_post.host_memory as hm
+# ---- strategies --------------------------------------------------------------------------------------------------
+def test_fsdp_is_refused_and_deepspeed_gets_the_clip_value():
+    """FSDP cannot run the manual backward (Lightning #19685): configure_model stops with a message naming the
+    alternatives. Under DeepSpeed the module's gradient_clip_val goes into the engine's config."""
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(hm, "_done", False)
-    monkeypatch.setenv("LIGHTNING_POST_HOST_MALLOC", "default")
-    assert hm.keep_freed_host_memory() is False
-    monkeypatch.delenv("LIGHTNING_POST_HOST_MALLOC")
-    assert hm.keep_freed_host_memory() is True  # this test machine runs Linux with glibc
+    class FSDPStrategy:  # stands for Lightning's (which refuses to exist without a GPU)
+        pass
+
+    class DeepSpeedStrategy:
+        config = {"zero_optimization": {"stage": 2}}
+
+    module = SFTModule("tiny-llama", peft=PeftSettings(**LORA), gradient_clip_val=0.5)
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="FSDP cannot train.*deepspeed.yaml"):
+        module.configure_model()
+    assert module.model is None
+    ds = DeepSpeedStrategy()
+    module._trainer = SimpleNamespace(strategy=ds)
+    module.configure_model()
+    assert ds.config["gradient_clipping"] == 0.5

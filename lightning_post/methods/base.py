@@ -26,7 +26,6 @@ from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.sft import linear_cross_entropy, token_cross_entropy
 from lightning_post.generation import generate_from_ids
-from lightning_post.host_memory import keep_freed_host_memory
 from lightning_post.models.attention import VARLEN_ATTENTION, repad, unpad, varlen_kwargs
 from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from lightning_post.models.peft import (
@@ -79,8 +78,8 @@ class PostTrainingModule(L.LightningModule):
         """Load the policy (and its tokenizer) once; Lightning calls this before fit/validate/test."""
         if self.model is not None:
             return
-        keep_freed_host_memory()
         hp = self.hparams
+        self.check_strategy()
         model = self.load_backbone()
         if hp.gradient_checkpointing:
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
@@ -93,6 +92,24 @@ class PostTrainingModule(L.LightningModule):
         self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         # with PEFT only the adapters train, so checkpoints hold only them (the base is reloaded from its source)
         self.strict_loading = self.peft is None
+
+    def check_strategy(self) -> None:
+        """Refuse FSDP, which cannot run these modules yet, and hand gradient clipping to DeepSpeed.
+
+        Every method backpropagates inside ``training_step`` (manual optimization, for exact accumulation). Under
+        FSDP Lightning runs ``training_step`` inside the root unit's forward, so a backward there trips FSDP's state
+        checks (trainable parameters in the root unit) or leaves parameters unchanged (seen on an H200: DPO with
+        LoRA stayed at log 2). Lightning issue #19685. DeepSpeed clips inside its engine: our
+        ``gradient_clip_val`` goes into its config.
+        """
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        name = type(strategy).__name__
+        if name == "FSDPStrategy":
+            raise ValueError("trainer.strategy FSDP cannot train lightning-post's modules yet (their backward runs "
+                             "inside FSDP's root forward; Lightning issue #19685). Use configs/strategies/ddp.yaml "
+                             "or configs/strategies/deepspeed.yaml (ZeRO shards the optimizer state and gradients).")
+        if name == "DeepSpeedStrategy" and self.hparams.gradient_clip_val and isinstance(strategy.config, dict):
+            strategy.config.setdefault("gradient_clipping", float(self.hparams.gradient_clip_val))
 
     def load_backbone(self) -> torch.nn.Module:
         """The transformers model this method trains (a causal LM unless a method needs another head)."""
@@ -185,8 +202,9 @@ class PostTrainingModule(L.LightningModule):
         return contextlib.nullcontext()
 
     def _grad_norm(self) -> torch.Tensor:
+        """Global gradient norm; NaN where the gradients are not visible as ``p.grad`` (DeepSpeed partitions them)."""
         grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
-        return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(0.0)
+        return torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.tensor(float("nan"))
 
     # ---- generation --------------------------------------------------------------------------------------------
     def generate_from_ids(self, prompts: list[list[int]], max_new_tokens: int = 64, **kwargs) -> list[str]:
@@ -235,6 +253,9 @@ class AccumulatingModule(PostTrainingModule, abc.ABC):
         # step 2: forward/backward per micro-batch
         self.prepare_step(batch)
         micro = self.micro_batches(batch)
+        if len(micro) > 1 and type(strategy).__name__ == "DeepSpeedStrategy":
+            raise ValueError("with DeepSpeed, one forward/backward per step: set model.micro_batch_size to null "
+                             "(or to data.batch_size)")
         sums: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro):
             with self._sync_context(last=i == len(micro) - 1):
