@@ -428,9 +428,11 @@ def report(runs: dict, a, limits: list[float], command: str) -> None:
         mean_ours = statistics.mean(rate(r) for r in ours)
         mean_trl = statistics.mean(rate(r) for r in trl)
         mem_ratio = max(r["peak_memory_gb"] for r in ours) / max(r["peak_memory_gb"] for r in trl)
+        mfus = [tokens / sum(r["times"][1:]) * flops_per_token / (limit * 1e9) for r in ours]
         lines += ["", f"MFU = real tokens/s × {flops_per_token // n_params} × {n_params / 1e6:.1f}M / measured limit.", "",
                   f"**{task.upper()}: lightning-post / TRL = {mean_ours / mean_trl:.2f}× {unit}**; peak memory "
-                  f"ratio {mem_ratio:.2f}; lightning-post MFU {tokens / sum(ours[-1]['times'][1:]) * flops_per_token / (limit * 1e9):.1%}.",
+                  f"ratio {mem_ratio:.2f}; lightning-post MFU {statistics.mean(mfus):.1%} (mean of the rounds: "
+                  f"{', '.join(f'{m:.1%}' for m in mfus)}).",
                   "", "Losses of the first steps (round 1):", "",
                   "| step | " + " | ".join(str(i + 1) for i in range(len(ours[0]["losses"]))) + " |",
                   "|---|" + "---|" * len(ours[0]["losses"]),
