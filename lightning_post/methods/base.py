@@ -172,6 +172,16 @@ class PostTrainingModule(L.LightningModule):
     def lm_head(self) -> torch.nn.Module:
         return unwrap_peft(self.model).get_output_embeddings()
 
+    def head_losses(self, hidden: torch.Tensor, targets: torch.Tensor,
+                    chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token negative log-likelihood ``(N,)`` of ``targets`` under the LM head at ``hidden (N, H)``, and the
+        head's arg-max ``(N,)``: chunked (no ``(N, V)`` logits) for a bias-free linear head, else plain logits."""
+        head = self.lm_head()
+        if isinstance(head, torch.nn.Linear) and head.bias is None:
+            return linear_cross_entropy(hidden, head.weight, targets, chunk_size)
+        logits = head(hidden)  # (N, V)
+        return token_cross_entropy(logits, targets), logits.detach().argmax(-1)
+
     def reply_logps(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the summed log-probability of its labelled (reply) tokens ``(R,)`` and their count ``(R,)``.
 
@@ -180,11 +190,7 @@ class PostTrainingModule(L.LightningModule):
         targets = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
         select = targets != IGNORE_INDEX  # (R, T-1)
         hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
-        head = self.lm_head()
-        if getattr(head, "bias", None) is None and isinstance(head, torch.nn.Linear):  # chunked, no (N, V) logits
-            token_logps = -linear_cross_entropy(hidden, head.weight, targets[select])[0]  # (N,)
-        else:
-            token_logps = -token_cross_entropy(head(hidden), targets[select])  # (N,)
+        token_logps = -self.head_losses(hidden, targets[select])[0]  # (N,)
         rows = select.nonzero()[:, 0]  # (N,) row of each selected token
         return sum_by_row(token_logps, rows, targets.shape[0]), select.sum(1)
 

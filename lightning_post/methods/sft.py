@@ -10,7 +10,6 @@ from torchmetrics import MeanMetric
 from lightning_post.data.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.pcgrad import gradient_cosines, pcgrad
-from lightning_post.losses.sft import linear_cross_entropy, token_cross_entropy
 from lightning_post.methods.base import AccumulatingModule
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.models.peft import PeftSettings
@@ -88,12 +87,7 @@ class SFTModule(AccumulatingModule):
         targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at position t
         select = targets != IGNORE_INDEX  # (B, T-1)
         hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
-        head = self.lm_head()
-        if getattr(head, "bias", None) is not None or not isinstance(head, torch.nn.Linear):
-            logits = head(hidden)  # (N, V): a head that is not a plain bias-free linear layer
-            return token_cross_entropy(logits, targets[select]), logits.detach().argmax(-1), targets[select]
-        losses, predictions = linear_cross_entropy(hidden, head.weight, targets[select],
-                                                   self.hparams.logits_chunk_size)
+        losses, predictions = self.head_losses(hidden, targets[select], self.hparams.logits_chunk_size)
         return losses, predictions, targets[select]
 
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
