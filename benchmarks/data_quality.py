@@ -143,7 +143,7 @@ def write_markdown(r: dict) -> None:
     t, c = j["intransitivity"], j["consistency"]
     lines += [
         f"- Intransitive triples: {t['intransitive_triples']} of {t['triples_checked']} ({t['rate']:.3f}).",
-        f"- Gate findings: " + ("; ".join(j["gate"]["findings"]) or "none"),
+        "- Gate findings: " + ("; ".join(j["gate"]["findings"]) or "none"),
         "",
         "## Human choices: HH-RLHF harmless test pairs",
         "",
@@ -153,7 +153,7 @@ def write_markdown(r: dict) -> None:
         f"- Duplicate prompts: {hh['diversity']['duplicate_prompt_texts']} texts repeated "
         f"({hh['diversity']['duplicate_prompt_rate']:.3f} of prompts); distinct-2 of replies "
         f"{hh['diversity']['distinct_2']:.3f}.",
-        f"- Gate findings: " + ("; ".join(hh["gate"]["findings"]) or "none"),
+        "- Gate findings: " + ("; ".join(hh["gate"]["findings"]) or "none"),
         "",
         "## Time (2 cores)",
         "",

@@ -220,3 +220,31 @@ def test_fsdp_is_refused_and_deepspeed_gets_the_clip_value():
     module._trainer = SimpleNamespace(strategy=ds)
     module.configure_model()
     assert ds.config["gradient_clipping"] == 0.5
+
+
+def test_padding_free_rewards_equal_transformers_scoring():
+    """The reward model's padding-free scores equal transformers' own sequence-classification forward (padded,
+    last non-pad token), rows of different lengths and a pair batch alike; and so do their gradients."""
+    from lightning_post import RewardModule
+    from lightning_post.data.collate import collate_pairs
+    from lightning_post.data.pairs import PairExample
+
+    ex = _examples([6, 11, 4, 9])
+    padded, free = _module(RewardModule, "sdpa"), _module(RewardModule, "sdpa_varlen")
+    pad = padded.model.config.pad_token_id  # the collators pad with the tokenizer's pad id, the model's
+    batch = collate_pairs([PairExample(chosen=ex[0], rejected=ex[1], index=0),
+                           PairExample(chosen=ex[2], rejected=ex[3], index=1)], pad_id=pad)
+    g = torch.Generator().manual_seed(2)
+    state = {k: (torch.randn(v.shape, generator=g) * 0.1 if ("lora_B" in k or "score" in k) else v)
+             for k, v in padded.state_dict().items()}
+    padded.load_state_dict(state)
+    free.load_state_dict(state)
+    a, b = padded.rewards(batch), free.rewards(batch)
+    assert a.abs().max() > 0
+    assert torch.allclose(a, b, atol=1e-5)
+    (a * torch.arange(1.0, 5.0)).sum().backward()
+    (b * torch.arange(1.0, 5.0)).sum().backward()
+    grads = {n: p.grad for n, p in free.named_parameters() if p.grad is not None}
+    for n, p in padded.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(p.grad, grads[n], atol=1e-5), n

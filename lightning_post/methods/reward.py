@@ -8,7 +8,8 @@ import torch
 from torchmetrics import CatMetric
 
 from lightning_post.losses.preference import bradley_terry_loss
-from lightning_post.methods.base import AccumulatingModule
+from lightning_post.methods.base import AccumulatingModule, unwrap_peft
+from lightning_post.models.attention import VARLEN_ATTENTION
 from lightning_post.models.loading import DEFAULT_MODEL, resolve_model_path, torch_dtype
 from lightning_post.models.peft import PeftSettings
 from lightning_post.optim import OptimSettings
@@ -47,7 +48,7 @@ class RewardModule(AccumulatingModule):
         self,
         model_name_or_path: str = DEFAULT_MODEL,
         dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa",
+        attn_implementation: Optional[str] = "sdpa_varlen",
         gradient_checkpointing: bool = False,
         trust_remote_code: bool = False,
         peft: Optional[PeftSettings] = None,
@@ -61,8 +62,9 @@ class RewardModule(AccumulatingModule):
         Args:
             model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of a causal LM or reward model.
             dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa``, ``eager``, ``flash_attention_2`` (the reward
-                model runs padded batches; ``sdpa_varlen`` is accepted and is ``sdpa`` here).
+            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
+                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
+                ``flash_attention_2`` (also padding-free).
             gradient_checkpointing: recompute activations in backward to save memory.
             trust_remote_code: allow model code from the checkpoint folder (off unless asked).
             peft: parameter-efficient method (LoRA, ...); the reward head always trains in full.
@@ -99,10 +101,19 @@ class RewardModule(AccumulatingModule):
         return model
 
     def rewards(self, batch: dict) -> torch.Tensor:
-        """Scalar reward of every row ``(R,)``."""
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"])
-        return out.logits[:, 0].float()  # (R,)
+        """Scalar reward of every row ``(R,)``: the score head at the row's last token that is not the pad token,
+        transformers' sequence-classification rule (so an export scores exactly like the module). With
+        ``sdpa_varlen`` the rows go through the decoder padding-free."""
+        if self.model.config._attn_implementation not in VARLEN_ATTENTION:
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             position_ids=batch["position_ids"])
+            return out.logits[:, 0].float()  # (R,)
+        hidden = self.forward_hidden(batch)  # (R, T, H)
+        ids = batch["input_ids"]
+        not_pad = ((ids != self.model.config.pad_token_id) & batch["attention_mask"].bool()).int()  # (R, T)
+        last = (torch.arange(ids.shape[1], device=ids.device) * not_pad).argmax(-1)  # (R,)
+        score = unwrap_peft(self.model).score
+        return score(hidden[torch.arange(ids.shape[0], device=ids.device), last])[:, 0].float()  # (R,)
 
     def pair_rewards(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rewards(batch).chunk(2)  # rows are [chosen; rejected]
