@@ -176,7 +176,7 @@ def worker_trl(a) -> dict:
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
-def prepare_sft(a, work: Path) -> tuple[Path, Path]:
+def prepare_sft(a, work: Path, n: int) -> tuple[Path, Path]:
     """The instructions as prompt/completion text (for lightning-post) and as the same token ids (for TRL)."""
     from lightning_post.data.instruction import InstructionDataModule
 
@@ -186,7 +186,7 @@ def prepare_sft(a, work: Path) -> tuple[Path, Path]:
         for line in f:
             r = json.loads(line)
             rows.append({"prompt": r["prompt"], "completion": r["response"]})
-    rows = rows[: a.batch_size * a.steps]
+    rows = rows[:n]
     text.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     dm = InstructionDataModule(train_files=str(text), template="raw", tokenizer=a.model, max_length=a.max_length)
     from lightning_post.data.records import load_instruction_records
@@ -201,14 +201,13 @@ def prepare_sft(a, work: Path) -> tuple[Path, Path]:
     return text, ids
 
 
-def prepare_pairs(a, work: Path) -> Path:
+def prepare_pairs(a, work: Path, n: int) -> Path:
     """The first HH-RLHF pairs whose both sides fit in ``max_length`` tokens, as prompt/chosen/rejected."""
     from lightning_post.data.pairs import normalize_preference_record
     from lightning_post.data.records import DataError
     from lightning_post.models.loading import load_tokenizer
 
     tok = load_tokenizer(a.model)
-    n = a.batch_size * a.steps
     out = work / f"pairs-{n}-{a.max_length}.jsonl"
     rows = []
     hh = Path(a.data_dir) / HH
@@ -340,12 +339,10 @@ def main() -> None:
     tasks = a.tasks.split(",")
     data = {}
     if "sft" in tasks:
-        a.batch_size = a.batch["sft"]
-        text, ids = prepare_sft(a, work)
+        text, ids = prepare_sft(a, work, a.batch["sft"] * a.steps)
         data["sft"] = {"ours": text, "trl": ids}
     if "dpo" in tasks:
-        a.batch_size = a.batch["dpo"]
-        pairs = prepare_pairs(a, work)
+        pairs = prepare_pairs(a, work, a.batch["dpo"] * a.steps)
         data["dpo"] = {"ours": pairs, "trl": pairs}
     limits = [matmul_limit(a.device, a.precision, a.threads)]
     print(f"matmul limit: {limits[0]:.1f} GFLOP/s", flush=True)

@@ -187,12 +187,17 @@ class PostTrainingModule(L.LightningModule):
 
         Logits are computed only where the next token is labelled, so the LM head never sees prompt positions.
         """
+        hidden, targets, select = self.labelled_hidden(batch)  # (N, H), (N,), (R, T-1)
+        token_logps = -self.head_losses(hidden, targets)[0]  # (N,)
+        rows = select.nonzero()[:, 0]  # (N,) row of each selected token
+        return sum_by_row(token_logps, rows, select.shape[0]), select.sum(1)
+
+    def labelled_hidden(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Hidden states ``(N, H)`` at the N positions whose next token is labelled, those tokens ``(N,)``, and
+        where they are: ``select (R, T-1)`` (the LM head needs no other position)."""
         targets = batch["labels"][:, 1:]  # (R, T-1): token t+1 is predicted at position t
         select = targets != IGNORE_INDEX  # (R, T-1)
-        hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
-        token_logps = -self.head_losses(hidden, targets[select])[0]  # (N,)
-        rows = select.nonzero()[:, 0]  # (N,) row of each selected token
-        return sum_by_row(token_logps, rows, targets.shape[0]), select.sum(1)
+        return self.forward_hidden(batch)[:, :-1][select], targets[select], select
 
     # ---- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self):

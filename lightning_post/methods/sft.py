@@ -73,10 +73,8 @@ class SFTModule(AccumulatingModule):
 
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N, V)`` at the N positions whose next token is a response token, and those tokens ``(N,)``."""
-        targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at position t
-        select = targets != IGNORE_INDEX  # (B, T-1)
-        hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
-        return self.lm_head()(hidden), targets[select]  # (N, V), (N,)
+        hidden, targets, _ = self.labelled_hidden(batch)  # (N, H), (N,)
+        return self.lm_head()(hidden), targets  # (N, V), (N,)
 
     def loss_units(self, batch: dict) -> torch.Tensor:
         return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
@@ -84,11 +82,9 @@ class SFTModule(AccumulatingModule):
     def response_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token losses ``(N,)``, arg-max predictions ``(N,)`` and targets ``(N,)`` at the response positions,
         computed chunk by chunk from the hidden states (the ``(N, V)`` logits never exist at once)."""
-        targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at position t
-        select = targets != IGNORE_INDEX  # (B, T-1)
-        hidden = self.forward_hidden(batch)[:, :-1][select]  # (N, H)
-        losses, predictions = self.head_losses(hidden, targets[select], self.hparams.logits_chunk_size)
-        return losses, predictions, targets[select]
+        hidden, targets, _ = self.labelled_hidden(batch)  # (N, H), (N,)
+        losses, predictions = self.head_losses(hidden, targets, self.hparams.logits_chunk_size)
+        return losses, predictions, targets
 
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         losses, predictions, targets = self.response_losses(micro_batch)
