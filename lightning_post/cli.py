@@ -5,6 +5,7 @@
     lightning-post test --config configs/sft.yaml --ckpt_path mlruns/runs/<exp>/<run>/checkpoints/last.ckpt
     lightning-post evaluate --config configs/evaluate.yaml --model exports/sft/model
     lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
+    lightning-post pipeline --config configs/pipeline.yaml     (sft -> reward -> dpo -> cai -> evaluate -> abtest)
     lightning-post data report --annotations judged.jsonl --output_dir reports/judged   (pairs|label|report|convert)
 """
 
@@ -121,6 +122,15 @@ def main() -> None:
 
         run_command(sys.argv[1], sys.argv[2:])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "pipeline":
+        from lightning_post.evaluation.commands import run_command
+        from lightning_post.pipeline import Pipeline, PipelineError
+
+        try:
+            run_command("pipeline", sys.argv[2:], {"pipeline": Pipeline}, "lightning-post pipeline")
+        except PipelineError as e:
+            sys.exit(f"lightning-post pipeline: {e}")
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "data":
         from lightning_post.evaluation.commands import run_command
         from lightning_post.quality.commands import DATA_COMMANDS
@@ -129,7 +139,7 @@ def main() -> None:
             sys.exit(f"usage: lightning-post data {{{','.join(DATA_COMMANDS)}}} [--config FILE] [--help]")
         run_command(sys.argv[2], sys.argv[3:], DATA_COMMANDS)
         return
-    cli_main(sys.argv[1:])
+    cli_main()  # LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

@@ -95,6 +95,15 @@ def log_text_artifact(logger: MLFlowLogger, text: str, artifact_path: str) -> No
         logger.experiment.log_artifact(logger.run_id, str(file), artifact_path=folder or None)
 
 
+def log_json_artifact(client, run_id: str, value: Any, artifact_path: str) -> None:
+    """Log ``value`` as a JSON file named like ``artifact_path`` on a run, through an ``MlflowClient``."""
+    folder, name = os.path.split(artifact_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / name
+        file.write_text(json.dumps(value, indent=1, ensure_ascii=False), encoding="utf-8")
+        client.log_artifact(run_id, str(file), artifact_path=folder or None)
+
+
 def mlflow_logger(trainer) -> Optional[MLFlowLogger]:
     """The trainer's first MLflow logger, if any."""
     return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
@@ -125,17 +134,24 @@ def write_folder(out_dir: Path, files: dict[str, Any]) -> None:
 
 
 def log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: dict, params: dict,
-            metrics: dict[str, float], out_dir: Path, plots: Optional[dict[str, Any]] = None) -> str:
+            metrics: dict[str, float], out_dir: Path, plots: Optional[dict[str, Any]] = None,
+            run_id: Optional[str] = None) -> str:
     """A finished MLflow run outside training: tags, params, finite numeric metrics, every file of ``out_dir`` and
-    ``plots`` (matplotlib figures, as ``plots/<name>.png``); returns its id."""
+    ``plots`` (matplotlib figures, as ``plots/<name>.png``); returns its id. ``run_id`` fills a run created
+    beforehand (a pipeline's child run) instead of a new one in ``experiment``."""
     import mlflow
 
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    if run_id:
+        run = client.get_run(run_id)
+        for k, v in tags.items():
+            client.set_tag(run_id, k, str(v))
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
     for k, v in params.items():
         client.log_param(run.info.run_id, k, str(v)[:500])
     for k, v in metrics.items():

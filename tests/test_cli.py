@@ -31,14 +31,21 @@ def client(cwd):
     return MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
 
 
-def test_every_config_prints(tmp_path):
+def test_every_config_prints(tmp_path, monkeypatch):
     """Every shipped YAML parses (strategy overlays on top of the SFT config)."""
     from lightning_post.evaluation.commands import COMMAND_CLASSES, parse_command
+    from lightning_post.pipeline import Pipeline
     from lightning_post.quality.commands import DATA_COMMANDS
 
     commands = {p: name for p in CONFIGS.glob("*.yaml") for name in COMMAND_CLASSES if p.stem.endswith(name)}
     data = {p: p.stem.removeprefix("data_") for p in CONFIGS.glob("data_*.yaml")}
-    base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands and p not in data]
+    pipelines = sorted(CONFIGS.glob("*pipeline.yaml"))
+    base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands and p not in data and p not in pipelines]
+    assert [p.name for p in pipelines] == ["pipeline.yaml", "tiny_pipeline.yaml"]
+    monkeypatch.chdir(ROOT)  # a pipeline's stage configs are paths from the repository root
+    for cfg in pipelines:
+        pipe = parse_command("pipeline", ["--config", str(cfg)], {"pipeline": Pipeline})[1]
+        assert {s.config for s in pipe.stages} <= {f"configs/{p.name}" for p in CONFIGS.glob("*.yaml")}, cfg
     overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
     assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate"]
     assert sorted(data.values()) == ["label", "report"]

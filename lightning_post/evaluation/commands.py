@@ -208,6 +208,7 @@ class Evaluate(_Command):
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "evaluate",
         run_name: Optional[str] = None,
+        run_id: Optional[str] = None,
         seed: int = 0,
     ):
         """
@@ -241,6 +242,7 @@ class Evaluate(_Command):
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name (``null`` = generated).
+            run_id: record into this existing MLflow run (a pipeline's child run) instead of a new one.
             seed: seed of the bootstrap intervals.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
@@ -319,7 +321,7 @@ class Evaluate(_Command):
         metrics.update(_flat("safety/", safety))
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "evaluate", "model": self.model},
-                                           vars(self), metrics, out, plots)
+                                           vars(self), metrics, out, plots, self.run_id)
         (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
         return report
 
@@ -356,6 +358,7 @@ class ABTest(_Command):
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "abtest",
         run_name: Optional[str] = None,
+        run_id: Optional[str] = None,
         seed: int = 0,
     ):
         """
@@ -386,6 +389,7 @@ class ABTest(_Command):
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name.
+            run_id: record into this existing MLflow run (a pipeline's child run) instead of a new one.
             seed: seed of the bootstrap interval.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
@@ -452,7 +456,7 @@ class ABTest(_Command):
             metrics.update(_flat(f"safety_{side}/", safety[side]))
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "abtest", "model_a": self.model_a, "model_b": self.model_b,
-                                            "decision": decision}, vars(self), metrics, out, plots)
+                                            "decision": decision}, vars(self), metrics, out, plots, self.run_id)
         (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
         print(f"A/B decision: {decision} -- {reason}")
         return report
@@ -462,13 +466,13 @@ class ABTest(_Command):
 COMMAND_CLASSES = {"evaluate": Evaluate, "abtest": ABTest}
 
 
-def parse_command(name: str, argv: list[str], classes: Optional[dict] = None):
+def parse_command(name: str, argv: list[str], classes: Optional[dict] = None, prog: Optional[str] = None):
     """``(parser, command)``: ``--config`` YAML and flags parsed into the command class ``classes[name]`` (default
     :data:`COMMAND_CLASSES`: :class:`Evaluate` or :class:`ABTest`)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     cls = (classes or COMMAND_CLASSES)[name]
-    parser = ArgumentParser(prog=f"lightning-post {'data ' if classes else ''}{name}", description=cls.__doc__)
+    parser = ArgumentParser(prog=prog or f"lightning-post {'data ' if classes else ''}{name}", description=cls.__doc__)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(cls)
     cfg = parser.parse_args(argv).as_dict()
@@ -477,9 +481,9 @@ def parse_command(name: str, argv: list[str], classes: Optional[dict] = None):
     return parser, cls(**cfg)
 
 
-def run_command(name: str, argv: list[str], classes: Optional[dict] = None) -> dict:
+def run_command(name: str, argv: list[str], classes: Optional[dict] = None, prog: Optional[str] = None) -> dict:
     """Parse and run a command; a bad input file stops it with file, line and field."""
-    parser, command = parse_command(name, argv, classes)
+    parser, command = parse_command(name, argv, classes, prog)
     try:
         return command.run()
     except DataError as e:

@@ -1,0 +1,373 @@
+"""``lightning-post pipeline``: post-training stages run in order as one experiment.
+
+    lightning-post pipeline --config configs/pipeline.yaml
+
+Each stage is one of the project's commands (``fit`` of any method, ``evaluate``, ``abtest``) with its own YAML, run
+in a child process so that a crash, an out-of-memory kill or Ctrl-C in one stage leaves the pipeline's record
+consistent. A stage's ``inputs`` name earlier stages; their outputs (an export folder, a report) are passed as
+arguments, so each stage's export feeds the next.
+
+MLflow: one parent run (experiment ``pipeline`` by default) and a child run per stage (tag ``mlflow.parentRunId``), so
+the MLflow UI nests the stages under the pipeline. Each child run carries its lineage (``lineage.<argument>`` =
+``<stage> <run id> <path>``), and the parent holds ``lineage.json`` and the final metrics of every stage
+(``<stage>/<metric>``).
+
+Resume: ``<output_dir>/state.json`` records each finished stage with a fingerprint of its settings (its YAML's text,
+its arguments and the runs it read from). A rerun of the same command skips the stages already done with the same
+fingerprint and starts at the first that is not: the failed one, or one whose settings changed (and then everything
+after it that reads from it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+log = logging.getLogger(__name__)
+
+#: what a stage can run; fit stages accept every method's YAML
+STAGE_COMMANDS = ("fit", "evaluate", "abtest")
+#: the output a bare stage name refers to in ``inputs``
+DEFAULT_OUTPUT = {"fit": "model", "evaluate": "report", "abtest": "report"}
+
+
+class PipelineError(RuntimeError):
+    """A stage failed or the pipeline's description is wrong; the message says which stage and what to do."""
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline.
+
+    Attributes:
+        name: unique name, also the child run's name and the stage's folder under ``output_dir``.
+        command: ``fit`` (any method's YAML), ``evaluate`` or ``abtest``.
+        config: the stage's YAML (as given to ``lightning-post <command> --config``).
+        args: overrides of that YAML, dotted keys as on the command line (``trainer.max_steps: 5``); the text
+            ``{stage_dir}`` in a string value becomes the stage's folder.
+        inputs: argument -> earlier stage (``model.init_args.model_name_or_path: sft``); ``stage:output`` picks an
+            output other than the default (fit: ``model``, the export with adapters merged, else the adapter;
+            ``adapter``; ``checkpoint``; evaluate/abtest: ``report``, ``output_dir``).
+    """
+
+    name: str
+    command: str = "fit"
+    config: Optional[str] = None
+    args: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+def _cli_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fit_outputs(stage_dir: Path) -> dict[str, str]:
+    """Outputs of a finished fit stage: ``model`` (merged export, or the adapter where nothing merges), ``adapter``,
+    ``export`` and ``checkpoint`` (the last one, when the YAML keeps checkpoints)."""
+    export = stage_dir / "export"
+    out = {"export": str(export.resolve())}
+    for name in ("model", "adapter"):
+        if (export / name).is_dir():
+            out[name] = str((export / name).resolve())
+    if "model" not in out and "adapter" in out:
+        out["model"] = out["adapter"]
+    ckpts = sorted((p for p in stage_dir.rglob("*.ckpt") if export not in p.parents), key=lambda p: p.stat().st_mtime)
+    if ckpts:
+        out["checkpoint"] = str(ckpts[-1].resolve())
+    return out
+
+
+class Pipeline:
+    """Run post-training stages in order (sft -> reward -> dpo or ppo -> cai -> evaluate -> abtest, or any order
+    the YAML gives), each stage's export feeding the next, as one MLflow parent run with a child run per stage;
+    a rerun resumes at the first stage not done."""
+
+    def __init__(
+        self,
+        stages: list[Stage],
+        name: str = "pipeline",
+        output_dir: str = "mlruns/pipelines/default",
+        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
+        artifact_location: str = "mlruns/artifacts",
+        experiment_name: str = "pipeline",
+        restart_from: Optional[str] = None,
+        stop_after: Optional[str] = None,
+        python: Optional[str] = None,
+    ):
+        """
+        Args:
+            stages: the stages, run in this order (see :class:`Stage`).
+            name: the parent run's name.
+            output_dir: the pipeline's folder: ``state.json``, and per stage its export, outputs and ``stage.log``.
+                Reruns with the same folder resume.
+            tracking_uri: MLflow tracking URI of the parent and child runs.
+            artifact_location: artifact root of the experiment when it is created.
+            experiment_name: MLflow experiment of the parent and child runs.
+            restart_from: rerun this stage and every stage after it even when done.
+            stop_after: stop (successfully) after this stage.
+            python: interpreter of the stage processes (``null`` = this one).
+        """
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
+        self._validate()
+
+    # ---------------------------------------------------------------- description checks, before anything runs
+    def _validate(self) -> None:
+        if not self.stages:
+            raise PipelineError("the pipeline has no stages")
+        seen: dict[str, Stage] = {}
+        for i, st in enumerate(self.stages):
+            where = f"stages[{i}] ({st.name!r})"
+            if not st.name or "/" in st.name or st.name in seen:
+                raise PipelineError(f"{where}: name must be unique, non-empty and without '/'")
+            if st.command not in STAGE_COMMANDS:
+                raise PipelineError(f"{where}: command must be one of {STAGE_COMMANDS}, got {st.command!r}")
+            if st.config is not None and not Path(st.config).is_file():
+                raise PipelineError(f"{where}: config file {st.config} does not exist")
+            for arg, ref in st.inputs.items():
+                source = ref.split(":")[0]
+                if source not in seen:
+                    raise PipelineError(f"{where}: input {arg} refers to {source!r}, which is not an earlier stage")
+            seen[st.name] = st
+        for knob in ("restart_from", "stop_after"):
+            if getattr(self, knob) is not None and getattr(self, knob) not in seen:
+                raise PipelineError(f"{knob}: no stage named {getattr(self, knob)!r}")
+
+    # ---------------------------------------------------------------- state
+    @property
+    def _state_file(self) -> Path:
+        return Path(self.output_dir) / "state.json"
+
+    def _load_state(self) -> dict:
+        if self._state_file.exists():
+            return json.loads(self._state_file.read_text(encoding="utf-8"))
+        return {"parent_run_id": None, "stages": {}}
+
+    def _save_state(self, state: dict) -> None:
+        tmp = self._state_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        os.replace(tmp, self._state_file)  # atomic: a kill never leaves half a state
+
+    # ---------------------------------------------------------------- MLflow
+    def _client(self):
+        import mlflow
+
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+
+    def _experiment_id(self, client) -> str:
+        exp = client.get_experiment_by_name(self.experiment_name)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_location
+        if "://" not in location:
+            location = Path(location).resolve().as_uri()
+        return client.create_experiment(self.experiment_name, artifact_location=location)
+
+    def _parent_run(self, client, state: dict) -> str:
+        from lightning_post.tracking import git_commit
+
+        run_id = state.get("parent_run_id")
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+                client.update_run(run_id, status="RUNNING")
+                resumes = int(run.data.tags.get("pipeline.resumes", "0")) + 1
+                client.set_tag(run_id, "pipeline.resumes", str(resumes))
+                return run_id
+            except Exception:  # the store was replaced: start a new parent
+                log.warning("parent run %s is not in %s: starting a new one", run_id, self.tracking_uri)
+        run = client.create_run(self._experiment_id(client), run_name=self.name, tags={
+            "method": "pipeline", "pipeline.name": self.name, "pipeline.output_dir": str(Path(self.output_dir).resolve()),
+            "pipeline.stages": " -> ".join(s.name for s in self.stages), "git_commit": git_commit()})
+        for st in self.stages:
+            client.log_param(run.info.run_id, f"stage.{st.name}", f"{st.command} {st.config or ''}".strip()[:500])
+        return run.info.run_id
+
+    # ---------------------------------------------------------------- one stage
+    def _resolve_inputs(self, st: Stage, state: dict) -> dict[str, dict]:
+        """argument -> {"stage", "output", "path", "run_id"} of the earlier stage it reads."""
+        kinds = {s.name: s.command for s in self.stages}
+        out = {}
+        for arg, ref in st.inputs.items():
+            source, _, output = ref.partition(":")
+            output = output or DEFAULT_OUTPUT[kinds[source]]
+            done = state["stages"].get(source, {})
+            if done.get("status") != "done":
+                raise PipelineError(f"stage {st.name}: input {arg} needs stage {source}, which is not done")
+            if output not in done["outputs"]:
+                raise PipelineError(f"stage {st.name}: stage {source} has no output {output!r} "
+                                    f"(it has {sorted(done['outputs'])})")
+            out[arg] = {"stage": source, "output": output, "path": done["outputs"][output], "run_id": done["run_id"]}
+        return out
+
+    def _fingerprint(self, st: Stage, inputs: dict[str, dict]) -> str:
+        text = Path(st.config).read_text(encoding="utf-8") if st.config else ""
+        spec = {"stage": asdict(st), "config_text": _sha(text),
+                "inputs": {k: [v["run_id"], v["path"]] for k, v in inputs.items()}}
+        return _sha(json.dumps(spec, sort_keys=True, default=str))
+
+    def _argv(self, st: Stage, stage_dir: Path, run_id: str, inputs: dict[str, dict]) -> list[str]:
+        python = self.python or sys.executable
+        argv = [python, "-m", "lightning_post.cli", st.command]
+        if st.config:
+            argv += ["--config", st.config]
+        if st.command == "fit":
+            argv += [f"--trainer.logger.init_args.tracking_uri={self.tracking_uri}",
+                     f"--trainer.logger.init_args.run_id={run_id}",
+                     f"--trainer.default_root_dir={stage_dir}",
+                     f"--export.dirpath={stage_dir / 'export'}"]
+        else:
+            argv += [f"--tracking_uri={self.tracking_uri}", f"--run_id={run_id}",
+                     f"--output_dir={stage_dir / 'output'}"]
+        for key, value in st.args.items():
+            if isinstance(value, str):
+                value = value.replace("{stage_dir}", str(stage_dir))
+            argv.append(f"--{key}={_cli_value(value)}")
+        argv += [f"--{arg}={v['path']}" for arg, v in inputs.items()]
+        return argv
+
+    def _run_process(self, argv: list[str], log_file: Path) -> int:
+        """Run a stage's process, its output both on the console and in ``stage.log``."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_file, "ab") as sink:
+            sink.write(f"$ {shlex.join(argv)}\n".encode())
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            try:
+                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                    sink.write(chunk)
+                return proc.wait()
+            except BaseException:  # Ctrl-C or a kill of the pipeline: stop the stage too
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise
+
+    def _outputs(self, st: Stage, stage_dir: Path) -> dict[str, str]:
+        if st.command == "fit":
+            out = fit_outputs(stage_dir)
+            if "model" not in out:
+                raise PipelineError(f"stage {st.name} finished without an export in {stage_dir / 'export'} "
+                                    "(is export.enabled false in its YAML?)")
+            return out
+        folder = stage_dir / "output"
+        return {"report": str((folder / "report.json").resolve()), "output_dir": str(folder.resolve())}
+
+    # ---------------------------------------------------------------- the whole pipeline
+    def run(self) -> dict:
+        """Run (or resume) the pipeline; returns the state: per stage its status, run id, outputs and seconds."""
+        Path(self.output_dir).mkdir(parents=True, exist_ok=True)
+        state = self._load_state()
+        client = self._client()
+        parent = self._parent_run(client, state)
+        state["parent_run_id"] = parent
+        self._save_state(state)
+        restart = False
+        dirty: set[str] = set()  # stages rerun in this call: whatever reads from them reruns too
+        total = len(self.stages)
+        try:
+            for i, st in enumerate(self.stages, 1):
+                restart = restart or st.name == self.restart_from
+                inputs = self._resolve_inputs(st, state)
+                fingerprint = self._fingerprint(st, inputs)
+                done = state["stages"].get(st.name, {})
+                upstream_rerun = any(v["stage"] in dirty for v in inputs.values())
+                if (done.get("status") == "done" and done.get("fingerprint") == fingerprint and not restart
+                        and not upstream_rerun and all(Path(p).exists() for p in done["outputs"].values())):
+                    print(f"[pipeline {i}/{total}] {st.name}: done in run {done['run_id']}, skipped", flush=True)
+                    if st.name == self.stop_after:
+                        break
+                    continue
+                if done.get("status") == "running" and done.get("run_id"):  # a killed earlier attempt
+                    client.set_terminated(done["run_id"], status="KILLED")
+                dirty.add(st.name)
+                self._run_stage(client, parent, state, st, i, inputs, fingerprint)
+                if st.name == self.stop_after:
+                    break
+        except KeyboardInterrupt:
+            client.set_terminated(parent, status="KILLED")
+            raise
+        except PipelineError:
+            client.set_terminated(parent, status="FAILED")
+            raise
+        self._log_summary(client, parent, state)
+        client.set_terminated(parent, status="FINISHED")
+        print(f"[pipeline] finished: parent run {parent}; state in {self._state_file}", flush=True)
+        return state
+
+    def _run_stage(self, client, parent: str, state: dict, st: Stage, index: int, inputs: dict[str, dict],
+                   fingerprint: str) -> None:
+        stage_dir = Path(self.output_dir).resolve() / st.name
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        tags = {"mlflow.parentRunId": parent, "pipeline.stage": st.name, "pipeline.index": str(index),
+                "pipeline.command": st.command, "pipeline.config": st.config or ""}
+        tags.update({f"lineage.{arg}": f"{v['stage']} {v['run_id']} {v['path']}" for arg, v in inputs.items()})
+        run = client.create_run(client.get_run(parent).info.experiment_id, run_name=st.name, tags=tags)
+        run_id = run.info.run_id
+        record = {"status": "running", "run_id": run_id, "fingerprint": fingerprint, "started": time.time(),
+                  "inputs": inputs, "outputs": {}}
+        state["stages"][st.name] = record
+        self._save_state(state)
+        argv = self._argv(st, stage_dir, run_id, inputs)
+        print(f"[pipeline {index}/{len(self.stages)}] {st.name}: {st.command} {st.config or ''} "
+              f"(run {run_id}; log {stage_dir / 'stage.log'})", flush=True)
+        try:
+            rc = self._run_process(argv, stage_dir / "stage.log")
+        except KeyboardInterrupt:
+            record.update(status="failed", error="interrupted")
+            self._save_state(state)
+            client.set_terminated(run_id, status="KILLED")
+            raise
+        record["seconds"] = round(time.time() - record["started"], 1)
+        if rc != 0:
+            record.update(status="failed", returncode=rc)
+            self._save_state(state)
+            client.set_terminated(run_id, status="FAILED")
+            raise PipelineError(
+                f"stage {st.name} failed (exit code {rc}); its output is in {stage_dir / 'stage.log'}. "
+                f"Stages before it are kept; run the same command again to resume at {st.name}.")
+        record.update(status="done", outputs=self._outputs(st, stage_dir), finished=time.time())
+        client.set_tag(run_id, "pipeline.outputs", json.dumps(record["outputs"]))
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="FINISHED")
+        self._save_state(state)
+        print(f"[pipeline {index}/{len(self.stages)}] {st.name}: done in {record['seconds']} s", flush=True)
+
+    def _log_summary(self, client, parent: str, state: dict) -> None:
+        """The parent run's record: every stage's final metrics as ``<stage>/<metric>``, seconds per stage, and
+        ``lineage.json`` (which run made which output from which inputs)."""
+        from lightning_post.tracking import log_json_artifact
+
+        lineage = []
+        for st in self.stages:
+            rec = state["stages"].get(st.name)
+            if not rec or rec.get("status") != "done":
+                continue
+            metrics = client.get_run(rec["run_id"]).data.metrics
+            for key, value in metrics.items():
+                if key != "epoch":
+                    client.log_metric(parent, f"{st.name}/{key}", value)
+            client.log_metric(parent, f"{st.name}/seconds", rec.get("seconds", 0.0))
+            lineage.append({"stage": st.name, "command": st.command, "config": st.config, "run_id": rec["run_id"],
+                            "inputs": {k: {"stage": v["stage"], "run_id": v["run_id"], "path": v["path"]}
+                                       for k, v in rec["inputs"].items()},
+                            "outputs": rec["outputs"]})
+        log_json_artifact(client, parent, lineage, "lineage.json")

@@ -1,0 +1,118 @@
+"""``lightning-post pipeline`` on the tiny model: every stage of configs/tiny_pipeline.yaml feeding the next, one
+MLflow parent run with a child per stage and the lineage, a stage failing on a bad data line, and the rerun resuming
+there with the earlier stages' exports untouched."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import CONFIGS, ROOT
+from tests.test_cli import cli, client
+
+
+def _pipeline_yaml(cwd: Path, pairs: Path) -> Path:
+    """configs/tiny_pipeline.yaml with the DPO stage reading ``pairs``."""
+    spec = yaml.safe_load((CONFIGS / "tiny_pipeline.yaml").read_text())
+    dpo = next(s for s in spec["stages"] if s["name"] == "dpo")
+    dpo["args"] = {**dpo.get("args", {}), "data.init_args.train_files": str(pairs)}
+    for stage in spec["stages"]:
+        stage["config"] = str(ROOT / stage["config"])
+    out = cwd / "pipeline.yaml"
+    out.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return out
+
+
+def test_bad_descriptions_are_refused_before_anything_runs(tmp_path, monkeypatch):
+    from lightning_post.pipeline import Pipeline, PipelineError
+
+    monkeypatch.chdir(ROOT)
+    sft = {"name": "sft", "config": "configs/tiny.yaml"}
+    cases = [
+        ([sft, {"name": "dpo", "config": "configs/tiny_dpo.yaml", "inputs": {"model.init_args.model_name_or_path":
+                                                                             "sfft"}}], "not an earlier stage"),
+        ([{"name": "dpo", "config": "configs/tiny_dpo.yaml", "inputs": {"model.init_args.model_name_or_path": "sft"}},
+          sft], "not an earlier stage"),
+        ([sft, sft], "unique"),
+        ([{"name": "sft", "config": "configs/nope.yaml"}], "configs/nope.yaml does not exist"),
+        ([{"name": "sft", "command": "train", "config": "configs/tiny.yaml"}], "command must be one of"),
+    ]
+    for stages, message in cases:
+        with pytest.raises(PipelineError, match=message):
+            Pipeline(stages, output_dir=str(tmp_path / "p"))
+    with pytest.raises(PipelineError, match="stop_after: no stage named 'eval'"):
+        Pipeline([sft], stop_after="eval")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_pipeline_fails_at_a_stage_then_resumes_there(tmp_path):
+    # 1. a DPO file with a malformed line 3: the pipeline stops at dpo with sft and reward done
+    good = [json.loads(line) for line in (ROOT / "lightning_post/resources/preferences.jsonl").open()][:24]
+    pairs = tmp_path / "pairs.jsonl"
+    bad = good[:2] + [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "large"}] + good[2:]
+    pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in bad), encoding="utf-8")
+    config = _pipeline_yaml(tmp_path, pairs)
+    first = cli(["pipeline", "--config", str(config)], tmp_path, check=False)
+    assert first.returncode != 0
+    assert "stage dpo failed" in first.stderr and "resume at dpo" in first.stderr
+    assert "pairs.jsonl:3: field 'margin'" in first.stdout  # the stage's own error, shown and kept in stage.log
+    out = tmp_path / "mlruns/pipelines/tiny"
+    assert "pairs.jsonl:3: field 'margin'" in (out / "dpo/stage.log").read_text()
+    state = json.loads((out / "state.json").read_text())
+    assert {k: v["status"] for k, v in state["stages"].items()} == {"sft": "done", "reward": "done", "dpo": "failed"}
+    sft_model = Path(state["stages"]["sft"]["outputs"]["model"])
+    assert (sft_model / "config.json").exists()
+    kept = {p: p.stat().st_mtime_ns for p in sft_model.iterdir()}
+    mlf = client(tmp_path)
+    exp = mlf.get_experiment_by_name("pipeline").experiment_id
+    parent = mlf.get_run(state["parent_run_id"])
+    assert parent.info.status == "FAILED"
+    assert mlf.get_run(state["stages"]["dpo"]["run_id"]).info.status == "FAILED"
+
+    # 2. the file fixed, the same command resumes at dpo and runs to the end
+    pairs.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in good), encoding="utf-8")
+    second = cli(["pipeline", "--config", str(config)], tmp_path)
+    assert "sft: done in run" in second.stdout and "reward: done in run" in second.stdout
+    assert "[pipeline 3/7] dpo: fit" in second.stdout and "sft: fit" not in second.stdout
+    after = json.loads((out / "state.json").read_text())
+    assert after["parent_run_id"] == state["parent_run_id"]
+    assert all(v["status"] == "done" for v in after["stages"].values()) and len(after["stages"]) == 7
+    assert after["stages"]["sft"]["run_id"] == state["stages"]["sft"]["run_id"]
+    assert {p: p.stat().st_mtime_ns for p in sft_model.iterdir()} == kept  # the sft export was not rewritten
+
+    # 3. MLflow: the parent with one child per stage (and the failed dpo attempt), each with its lineage
+    parent = mlf.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["pipeline.resumes"] == "1"
+    children = mlf.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_status = sorted((r.info.run_name, r.info.status) for r in children)
+    assert by_status == sorted([(s, "FINISHED") for s in ("sft", "reward", "dpo", "ppo", "cai", "evaluate", "abtest")]
+                               + [("dpo", "FAILED")])
+    runs = {r.info.run_name: r for r in children if r.info.status == "FINISHED"}
+    ppo = runs["ppo"].data.tags
+    assert ppo["lineage.model.init_args.reward_model"] == \
+        f"reward {runs['reward'].info.run_id} {after['stages']['reward']['outputs']['model']}"
+    assert ppo["lineage.model.init_args.model_name_or_path"].startswith(f"dpo {runs['dpo'].info.run_id} ")
+    assert runs["abtest"].data.tags["lineage.model_b"].startswith(f"cai {runs['cai'].info.run_id} ")
+    # each training stage logged into its child run, and the parent holds every stage's final metrics
+    assert "train/loss" in runs["dpo"].data.metrics and "eval/knowledge/acc" in runs["evaluate"].data.metrics
+    assert parent.data.metrics["dpo/train/loss"] == runs["dpo"].data.metrics["train/loss"]
+    assert parent.data.metrics["abtest/ab/n"] == runs["abtest"].data.metrics["ab/n"]
+    lineage = json.loads(Path(mlf.download_artifacts(parent.info.run_id, "lineage.json", str(tmp_path))).read_text())
+    assert [s["stage"] for s in lineage] == ["sft", "reward", "dpo", "ppo", "cai", "evaluate", "abtest"]
+    assert lineage[4]["inputs"]["model.init_args.model_name_or_path"]["run_id"] == runs["ppo"].info.run_id
+    # the evaluation read the CAI export
+    report = json.loads(Path(after["stages"]["evaluate"]["outputs"]["report"]).read_text())
+    assert report["model"] == after["stages"]["cai"]["outputs"]["model"]
+
+    # 4. nothing left to do: a third run skips every stage and creates no run
+    third = cli(["pipeline", "--config", str(config)], tmp_path)
+    assert third.stdout.count("skipped") == 7
+    assert len(mlf.search_runs([exp])) == len(children) + 1
+    shutil.rmtree(out / "evaluate/output")  # a missing output reruns its stage (and only it)
+    fourth = cli(["pipeline", "--config", str(config), "--restart_from", "abtest"], tmp_path)
+    assert fourth.stdout.count("skipped") == 5 and "evaluate: evaluate" in fourth.stdout
