@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: method -> (config, held-out metric, other metrics to report, extra CLI arguments)
 METHODS = {
-    "reward": ("reward", "val/accuracy", ["val/loss", "val/margin"], []),
+    "reward": ("reward", "val/rewards/accuracies", ["val/loss", "val/rewards/margins"], []),
     "dpo": ("dpo", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"], []),
     # ORPO: odds-ratio term + SFT term on the chosen reply, no reference; its implicit reward is beta * mean logp
     # ORPO: lambda (beta) 1.0 rather than the paper's 0.1: with LoRA and 80 steps, 0.1 left the odds-ratio term too

@@ -20,6 +20,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_post.callbacks.export import ExportModel
+from lightning_post.callbacks.plots import RunPlots
 from lightning_post.callbacks.samples import GenerationSamples
 from lightning_post.callbacks.scores import ScoreWriter
 from lightning_post.callbacks.test_metrics import TestGenerationMetrics
@@ -69,6 +70,7 @@ class PostCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(GenerationSamples, "samples")
         parser.add_lightning_class_args(ExportModel, "export")
+        parser.add_lightning_class_args(RunPlots, "plots")
         parser.add_lightning_class_args(ScoreWriter, "scores")
         parser.add_lightning_class_args(TestGenerationMetrics, "test_metrics")
         # the data module tokenises with the model's tokenizer: one value, set once

@@ -105,6 +105,40 @@ def test_fit_records_everything_in_mlflow(tiny_run):
     run_dir = cwd / "mlruns" / "runs" / run.info.experiment_id / run.info.run_id
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert tags["export_dir"] == str((run_dir / "export").resolve())
+    # plots drawn from the run's own history: loss (train + val) and learning rate, as PNG files
+    plots = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/loss.png", "plots/lr.png"}
+    png = Path(c.download_artifacts(run.info.run_id, "plots/loss.png", str(cwd))).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_fit_logs_an_mlflow_model_that_answers_like_the_export(tiny_run):
+    """The export is logged as an MLflow model (the adapter with its base's name): the UI lists it, and loading it
+    with ``mlflow.pyfunc`` gives the same greedy answers as the exported merged model."""
+    import mlflow
+
+    from lightning_post.evaluation.commands import load_policy
+    from lightning_post.generation import ChatGenerator
+
+    cwd, run = tiny_run
+    uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    try:
+        models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+        assert [m.source_run_id for m in models] == [run.info.run_id]
+        assert models[0].model_id == run.data.tags["mlflow_model_id"] and models[0].tags["base"] == "tiny-llama"
+        files = {a.path for a in
+                 mlflow.MlflowClient(uri).list_logged_model_artifacts(models[0].model_id, "artifacts/adapter")}
+        assert "artifacts/adapter/adapter_config.json" in files  # the adapter, not a copy of the full weights
+        assert not any(f.endswith("/model.safetensors") for f in files)
+        chat = mlflow.pyfunc.load_model(f"models:/{models[0].model_id}")
+        answers = chat.predict(["Hello there", "Name a colour."])
+    finally:
+        mlflow.set_tracking_uri(None)
+    model, tok = load_policy(str(Path(run.data.tags["export_dir"]) / "model"))
+    expected = ChatGenerator(model, tok, 8, 128).generate([[{"role": "user", "content": "Hello there"}],
+                                                          [{"role": "user", "content": "Name a colour."}]])
+    assert answers == expected and all(answers)
 
 
 def test_export_reloads_and_generates(tiny_run, tiny_path):
@@ -207,3 +241,16 @@ def test_evaluation_loads_a_checkpoint_like_its_export(tiny_run):
     ids = tok("Hello there, how are you?", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**ids).logits, export(**ids).logits, atol=1e-4)
+
+
+def test_curve_panels_group_splits_and_skip_missing():
+    from lightning_post.callbacks.plots import DEFAULT_CURVES, curve_panels
+
+    history = {"train/loss": [(0, 2.0), (1, 1.0)], "val/loss": [(1, 1.5)], "train/rewards/margins": [(0, 0.1)],
+               "val/rewards/accuracies": [], "objective/scores": [(0, 0.5)], "val/scores": [(4, 0.7)]}
+    assert curve_panels(history, DEFAULT_CURVES["loss"]) == {"loss": {"train/loss": [(0, 2.0), (1, 1.0)],
+                                                                      "val/loss": [(1, 1.5)]}}
+    assert curve_panels(history, DEFAULT_CURVES["rewards"]) == {"rewards/margins": {"train/rewards/margins": [(0, 0.1)]}}
+    assert curve_panels(history, DEFAULT_CURVES["rl"]) == {"scores": {"objective/scores": [(0, 0.5)],
+                                                                      "val/scores": [(4, 0.7)]}}
+    assert curve_panels(history, DEFAULT_CURVES["lr"]) == {}

@@ -105,6 +105,18 @@ def test_pipeline_fails_at_a_stage_then_resumes_there(tmp_path):
     lineage = json.loads(Path(mlf.download_artifacts(parent.info.run_id, "lineage.json", str(tmp_path))).read_text())
     assert [s["stage"] for s in lineage] == ["sft", "reward", "dpo", "ppo", "cai", "evaluate", "abtest"]
     assert lineage[4]["inputs"]["model.init_args.model_name_or_path"]["run_id"] == runs["ppo"].info.run_id
+    # metric names are shared across methods, so the children compare side by side
+    for name in ("sft", "reward", "dpo", "ppo", "cai"):
+        assert {"train/loss", "train/lr", "train/grad_norm"} <= set(runs[name].data.metrics), name
+    for name in ("reward", "dpo"):
+        assert {"val/rewards/accuracies", "val/rewards/margins", "val/rewards/chosen", "val/rewards/rejected"} <= \
+            set(runs[name].data.metrics), name
+    # each child holds its plots, each training child its MLflow model
+    assert "plots/reward_distribution.png" in {a.path for a in mlf.list_artifacts(runs["dpo"].info.run_id, "plots")}
+    assert "plots/rl.png" in {a.path for a in mlf.list_artifacts(runs["ppo"].info.run_id, "plots")}
+    assert "plots/verdicts.png" in {a.path for a in mlf.list_artifacts(runs["abtest"].info.run_id, "plots")}
+    for name in ("sft", "reward", "dpo", "ppo", "cai"):
+        assert runs[name].data.tags["mlflow_model_id"].startswith("m-"), name
     # the evaluation read the CAI export
     report = json.loads(Path(after["stages"]["evaluate"]["outputs"]["report"]).read_text())
     assert report["model"] == after["stages"]["cai"]["outputs"]["model"]

@@ -54,10 +54,13 @@ def test_reward_export_scores_pairs_like_transformers(tmp_path):
     cli(["fit", "--config", str(CONFIGS / "tiny_reward.yaml"), *QUICK], tmp_path)
     c, run = only_run(tmp_path, "reward")
     m = run.data.metrics
-    for key in ("train/loss", "train/accuracy", "train/margin", "train/reward_chosen_mean", "train/reward_chosen_std",
-                "train/reward_rejected_mean", "train/reward_rejected_std", "val/accuracy", "val/margin",
-                "val/reward_chosen_mean", "val/reward_rejected_std"):
+    # the names DPO logs too, so reward and preference runs compare side by side
+    for key in ("train/loss", "train/rewards/accuracies", "train/rewards/margins", "train/rewards/chosen",
+                "train/rewards/chosen_std", "train/rewards/rejected", "train/rewards/rejected_std",
+                "val/rewards/accuracies", "val/rewards/margins", "val/rewards/chosen", "val/rewards/rejected_std"):
         assert key in m, key
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} == {
+        "plots/loss.png", "plots/rewards.png", "plots/lr.png", "plots/reward_distribution.png"}
     assert "samples" not in {a.path for a in c.list_artifacts(run.info.run_id)}  # a reward model does not generate
     exported = run.data.tags["export_model"]
     records = [{"prompt": "What is 2+2?", "response": "4"},
@@ -84,6 +87,16 @@ def test_reward_export_scores_pairs_like_transformers(tmp_path):
     assert scored[0]["score"] == pytest.approx(hf("What is 2+2?", "4"), abs=1e-4)
     assert scored[1]["score_chosen"] == pytest.approx(hf("Hi", "Hello! How can I help?"), abs=1e-4)
     assert scored[2]["score"] == pytest.approx(hf("Name a colour.", "Blue."), abs=1e-4)
+    # the MLflow model logged by the export scores (prompt, response) records the same way
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    try:
+        scorer = mlflow.pyfunc.load_model(f"models:/{run.data.tags['mlflow_model_id']}")
+        assert scorer.predict([{"prompt": "What is 2+2?", "response": "4"}]) == \
+            pytest.approx([hf("What is 2+2?", "4")], abs=1e-4)
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_dpo_starts_from_an_sft_export(tmp_path):

@@ -224,7 +224,7 @@ def test_reward_model_learns_a_separable_preference(tiny_path, pairs_jsonl):
     module = RewardModule(tiny_path, peft=LORA, optim=OptimSettings(lr=2e-2, warmup_steps=0))
     losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=12)
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
-    assert metrics[-1]["train/accuracy"] == 1.0
+    assert metrics[-1]["train/rewards/accuracies"] == 1.0
 
 
 def test_weighted_combination_of_losses_feeds_each_its_own_log_probs(tiny_path, pairs_jsonl):

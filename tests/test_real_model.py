@@ -89,4 +89,4 @@ def test_dpo_and_reward_model_learn_four_pairs_on_the_real_model(tmp_path):
     dpo, rm = results["dpo"], results["reward"]
     assert dpo[0]["train/loss"] == pytest.approx(0.6931471805599453, abs=1e-6)
     assert dpo[-1]["train/loss"] < 0.5 and dpo[-1]["train/rewards/accuracies"] == 1.0
-    assert rm[-1]["train/loss"] < rm[0]["train/loss"] and rm[-1]["train/accuracy"] == 1.0
+    assert rm[-1]["train/loss"] < rm[0]["train/loss"] and rm[-1]["train/rewards/accuracies"] == 1.0

@@ -72,16 +72,21 @@ class ExportModel(L.Callback):
     """Export the trained policy at the end of ``fit`` and record where on the MLflow run (tag ``export_dir``)."""
 
     def __init__(self, dirpath: Optional[str] = None, merge_adapters: bool = True, save_adapter: bool = True,
-                 enabled: bool = True):
+                 enabled: bool = True, log_model: bool = True):
         """
         Args:
             dirpath: where to export; ``None`` = ``<run folder>/export`` next to the checkpoints.
             merge_adapters: also write the full model with LoRA merged into the base weights.
             save_adapter: also write the adapter alone in PEFT format (PEFT runs only).
             enabled: set to false to skip the export.
+            log_model: also log the export on the MLflow run as an MLflow model (``mlflow.pyfunc``: answers
+                messages, or scores replies for a reward model), so the MLflow UI lists it; an adapter is logged
+                with its base model's name rather than merged weights.
         """
         self.dirpath, self.merge_adapters, self.save_adapter, self.enabled = dirpath, merge_adapters, save_adapter, enabled
+        self.log_model = log_model
         self.written: dict[str, str] = {}
+        self.model_id: Optional[str] = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled or not trainer.is_global_zero:
@@ -90,5 +95,13 @@ class ExportModel(L.Callback):
         self.written = export_model(pl_module, out, self.merge_adapters, self.save_adapter)
         log.info("exported %s", self.written)
         logger = mlflow_logger(trainer)
-        if logger is not None:
-            set_tags(logger, {"export_dir": str(out.resolve()), **{f"export_{k}": v for k, v in self.written.items()}})
+        if logger is None:
+            return
+        set_tags(logger, {"export_dir": str(out.resolve()), **{f"export_{k}": v for k, v in self.written.items()}})
+        if self.log_model and self.written:
+            from lightning_post.serving import log_exported_model
+
+            task = "score" if getattr(pl_module, "method", "") == "reward" else "chat"
+            self.model_id = log_exported_model(logger._tracking_uri, logger.run_id, self.written,
+                                               pl_module.hparams.model_name_or_path, task)
+            set_tags(logger, {"mlflow_model_id": self.model_id})

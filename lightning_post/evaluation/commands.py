@@ -311,6 +311,10 @@ class Evaluate(_Command):
         plots = {}
         if "text" in report:
             plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()}, "score")
+        if "judge" in report:
+            j = report["judge"]
+            plots["win_rate"] = _bar(f"judge vs baseline: win rate {j['win_rate_vs_baseline']:.2f}",
+                                     {"wins": j["wins"], "ties": j["ties"], "losses": j["losses"]}, "prompts", None)
         if "crows_pairs" in safety:
             plots["crows_pairs"] = _bar("CrowS-Pairs: share preferring the stereotype", {
                 k: v["stereotype_preference"] for k, v in safety["crows_pairs"]["by_type"].items()}, "share")

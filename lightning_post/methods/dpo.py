@@ -137,6 +137,7 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
         self.average_logps = self.loss_types[0] in LENGTH_NORMALISED
         self._frozen_reference: list[torch.nn.Module] = []  # a list hides it from state_dict and the optimizer
         self._ref_cache: dict[str, torch.Tensor] = {}  # split -> (n_pairs, 2) reference log-probs
+        self.eval_rewards: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (chosen, rejected) rewards
         self.val_logps = tuple(CatMetric() for _ in range(3))  # policy sums, reference sums, reply token counts
         self.test_logps = tuple(CatMetric() for _ in range(3))
         self.val_policy, self.val_ref, self.val_counts = self.val_logps  # registered as children (device, sync)
@@ -243,6 +244,10 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
         policy = pair_logps(sums, counts, self.average_logps)
         ref = pair_logps(ref_sums, counts, self.average_logps) if ref_sums is not None else None
         n = policy.chosen.shape[0]
+        # per-pair implicit rewards beta * (log pi - log pi_ref), kept for the reward-distribution plot
+        self.eval_rewards[stage] = tuple(
+            implicit_rewards(getattr(policy, side).detach(), getattr(ref, side) if ref is not None else None,
+                             self.hparams.beta).cpu() for side in ("chosen", "rejected"))
         values = {f"{stage}/loss": loss}
         values.update({f"{stage}/{k.removesuffix('_sum')}": v / n
                        for k, v in preference_sums(policy, ref, self.hparams.beta).items()})

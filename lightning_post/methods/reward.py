@@ -16,18 +16,20 @@ from lightning_post.optim import OptimSettings
 
 
 def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Accuracy (ties count half), mean margin, and mean/std (population) of each side's rewards.
+    """Accuracy (ties count half), mean margin, and mean/std (population) of each side's rewards, under the names
+    DPO, KTO and CAI log too (``rewards/accuracies``, ``rewards/margins``, ``rewards/chosen``, ...), so reward and
+    preference runs compare side by side in MLflow.
 
     >>> {k: round(float(v), 3) for k, v in reward_stats(torch.tensor([1., 3.]), torch.tensor([0., 3.])).items()}
-    {'accuracy': 0.75, 'margin': 0.5, 'reward_chosen_mean': 2.0, 'reward_chosen_std': 1.0, 'reward_rejected_mean': 1.5, 'reward_rejected_std': 1.5}
+    {'rewards/accuracies': 0.75, 'rewards/margins': 0.5, 'rewards/chosen': 2.0, 'rewards/chosen_std': 1.0, 'rewards/rejected': 1.5, 'rewards/rejected_std': 1.5}
     """
     return {
-        "accuracy": ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean(),
-        "margin": (r_chosen - r_rejected).mean(),
-        "reward_chosen_mean": r_chosen.mean(),
-        "reward_chosen_std": r_chosen.std(correction=0),
-        "reward_rejected_mean": r_rejected.mean(),
-        "reward_rejected_std": r_rejected.std(correction=0),
+        "rewards/accuracies": ((r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()).mean(),
+        "rewards/margins": (r_chosen - r_rejected).mean(),
+        "rewards/chosen": r_chosen.mean(),
+        "rewards/chosen_std": r_chosen.std(correction=0),
+        "rewards/rejected": r_rejected.mean(),
+        "rewards/rejected_std": r_rejected.std(correction=0),
     }
 
 
@@ -79,6 +81,7 @@ class RewardModule(AccumulatingModule):
             micro_batch_size, gradient_clip_val,
         )
         self.val_rewards = (CatMetric(), CatMetric())
+        self.eval_rewards: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (chosen, rejected) rewards
         self.test_rewards = (CatMetric(), CatMetric())
         self.val_chosen, self.val_rejected = self.val_rewards  # registered as children for device moves and DDP
         self.test_chosen, self.test_rejected = self.test_rewards
@@ -151,13 +154,13 @@ class RewardModule(AccumulatingModule):
         n = units.clamp(min=1)
         out = {
             "train/loss": totals["loss_sum"] / n,
-            "train/accuracy": totals["correct_sum"] / n,
-            "train/margin": totals["margin_sum"] / n,
+            "train/rewards/accuracies": totals["correct_sum"] / n,
+            "train/rewards/margins": totals["margin_sum"] / n,
         }
         for side in ("chosen", "rejected"):
             mean = totals[f"{side}_sum"] / n
-            out[f"train/reward_{side}_mean"] = mean
-            out[f"train/reward_{side}_std"] = (totals[f"{side}_sq_sum"] / n - mean**2).clamp(min=0).sqrt()
+            out[f"train/rewards/{side}"] = mean
+            out[f"train/rewards/{side}_std"] = (totals[f"{side}_sq_sum"] / n - mean**2).clamp(min=0).sqrt()
         return out
 
     # ---- evaluation --------------------------------------------------------------------------------------------
@@ -168,11 +171,12 @@ class RewardModule(AccumulatingModule):
 
     def _eval_epoch_end(self, stage: str, metrics: tuple[CatMetric, CatMetric]) -> dict[str, torch.Tensor]:
         r_c, r_r = metrics[0].compute(), metrics[1].compute()
+        self.eval_rewards[stage] = (r_c.detach().float().cpu(), r_r.detach().float().cpu())  # for the plots
         stats = reward_stats(r_c, r_r)
         loss = bradley_terry_loss(r_c, r_r, None, self.hparams.center_coef).mean()
         values = {f"{stage}/loss": loss, **{f"{stage}/{k}": v for k, v in stats.items()}}
         for k, v in values.items():
-            self.log(k, v, prog_bar=k.endswith(("accuracy", "loss")), sync_dist=False)
+            self.log(k, v, prog_bar=k.endswith(("accuracies", "loss")), sync_dist=False)
         metrics[0].reset()
         metrics[1].reset()
         return values
