@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import sys
@@ -51,6 +52,13 @@ class MLflowConfig(SaveConfigCallback):
         metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}
         if hasattr(trainer.datamodule, "setup_metrics"):  # e.g. the quality gate's figures, the task mixture
             metrics.update(trainer.datamodule.setup_metrics())
+        report = getattr(trainer.datamodule, "safety_report", None)
+        if report:  # the safety filter's counts by reason and a sample of what it removed
+            from lightning_post.data.safety import safety_metrics
+
+            metrics.update(safety_metrics(report))
+            log_text_artifact(logger, json.dumps(report, indent=1, ensure_ascii=False, default=str),
+                              "safety_filter/report.json")
         invalid = getattr(trainer.datamodule, "invalid", None)
         if invalid is not None:
             metrics["data/invalid_pairs"] = float(len(invalid))

@@ -39,6 +39,20 @@ class PostDataModule(L.LightningDataModule, abc.ABC):
         self.tokenizer_name = tokenizer
         self.tok = None
         self.splits: dict[str, Rows] = {}
+        self.safety_report: dict = {}
+
+    def safety_filtered(self, splits: dict) -> dict:
+        """``splits`` (split -> normalised records) after the ``safety_filter`` hyperparameter, if set; the report
+        (counts by reason, a sample of removed records) is kept in ``self.safety_report`` for MLflow."""
+        from lightning_post.data.safety import SafetyFilter, filter_splits
+
+        cfg = getattr(self.hparams, "safety_filter", None)
+        if cfg is None:
+            return splits
+        splits, self.safety_report = filter_splits(splits, cfg if isinstance(cfg, SafetyFilter) else SafetyFilter(**cfg))
+        if not splits.get("train"):
+            raise ValueError("the safety filter removed every training record; see the log for the reasons")
+        return splits
 
     def _tokenizer(self):
         if self.tok is None:

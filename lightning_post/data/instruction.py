@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from lightning_post.data.collate import collate_rows, pack_greedy
 from lightning_post.data.records import load_instruction_records
 from lightning_post.data.base import PostDataModule, Rows, hold_out
+from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.templates import check_template, to_segments
 from lightning_post.data.tokenize import TokenizeStats, Tokenized, encode_prompt, tokenize_segments, truncate
 from lightning_post.models.loading import DEFAULT_MODEL
@@ -52,6 +53,7 @@ class InstructionDataModule(PostDataModule):
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        safety_filter: Optional[SafetyFilter] = None,
     ):
         """
         Args:
@@ -70,6 +72,9 @@ class InstructionDataModule(PostDataModule):
             shuffle: shuffle training rows each epoch (seeded).
             seed: seed of the validation split and the shuffling.
             num_workers: DataLoader worker processes.
+            safety_filter: rules and classifiers that remove unsafe records from every split before
+                tokenising, with counts by reason and a sample in MLflow (see
+                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
@@ -119,7 +124,7 @@ class InstructionDataModule(PostDataModule):
         else:
             train, val = hold_out(train, hp.seed, hp.val_fraction)
         test = load_instruction_records(_as_list(hp.test_files)) if hp.test_files is not None else None
-        return {"train": train, "val": val, "test": test}
+        return self.safety_filtered({"train": train, "val": val, "test": test})
 
     def prepare_data(self) -> None:
         # Lightning calls this before it creates the MLflow run and any folder: validating here means a bad file

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from lightning_post.data.collate import collate_pairs, collate_rows
 from lightning_post.data.base import PostDataModule, Rows, hold_out
+from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.instruction import Files, _as_list
 from lightning_post.data.pairs import (
     PairExample,
@@ -113,6 +114,7 @@ class PreferenceDataModule(PostDataModule):
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        safety_filter: Optional[SafetyFilter] = None,
         quality_gate: Optional[QualityGate] = None,
     ):
         """
@@ -137,6 +139,9 @@ class PreferenceDataModule(PostDataModule):
             shuffle: shuffle training pairs each epoch (seeded).
             seed: seed of the validation split and the shuffling.
             num_workers: DataLoader worker processes.
+            safety_filter: rules and classifiers that remove unsafe records from every split before
+                tokenising, with counts by reason and a sample in MLflow (see
+                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
             quality_gate: check the training pairs before training (length bias, pairs labelled both ways,
                 intransitive preferences, duplicate prompts; see ``lightning-post data report``): ``mode: warn`` logs
                 what it finds, ``mode: fail`` stops before anything is written. ``null`` = no check.
@@ -168,7 +173,7 @@ class PreferenceDataModule(PostDataModule):
             log.warning("skipped invalid pair: %s", e)
         if hp.quality_gate is not None:
             self._check_quality(train)
-        return {"train": train, "val": val, "test": test}
+        return self.safety_filtered({"train": train, "val": val, "test": test})
 
     def _check_quality(self, train: list[tuple[str, dict]]) -> None:
         """Run the quality gate on the training pairs (chosen wins; the order given to the checks is random)."""

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from lightning_post.data.base import PostDataModule, Rows, hold_out
+from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.instruction import Files, _as_list
 from lightning_post.data.pairs import _messages, _render, normalize_preference_record, reply_segments, split_prompt_reply
 from lightning_post.data.preference import default_preference_file
@@ -113,6 +114,7 @@ class PromptDataModule(PostDataModule):
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        safety_filter: Optional[SafetyFilter] = None,
     ):
         """
         Args:
@@ -131,6 +133,9 @@ class PromptDataModule(PostDataModule):
             shuffle: shuffle prompts each epoch (seeded).
             seed: seed of the held-out split and the shuffling.
             num_workers: DataLoader worker processes.
+            safety_filter: rules and classifiers that remove unsafe records from every split before
+                tokenising, with counts by reason and a sample in MLflow (see
+                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
@@ -157,7 +162,7 @@ class PromptDataModule(PostDataModule):
             train, val = hold_out(train, hp.seed, hp.val_fraction, hp.val_size)
         if hp.max_train_prompts is not None:
             train = train[: hp.max_train_prompts]
-        return {"train": train, "val": val}
+        return self.safety_filtered({"train": train, "val": val})
 
     def encode(self, records: list[dict]) -> list[PromptExample]:
         hp, tok = self.hparams, self._tokenizer()

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_post.data.base import PostDataModule, Rows, hold_out
+from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.collate import collate_pairs, collate_rows
 from lightning_post.data.instruction import Files, _as_list
 from lightning_post.data.pairs import (
@@ -119,6 +120,7 @@ class UnpairedDataModule(PostDataModule):
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        safety_filter: Optional[SafetyFilter] = None,
     ):
         """
         Args:
@@ -140,6 +142,9 @@ class UnpairedDataModule(PostDataModule):
             shuffle: shuffle training examples each epoch (seeded).
             seed: seed of the validation split and the shuffling.
             num_workers: DataLoader worker processes.
+            safety_filter: rules and classifiers that remove unsafe records from every split before
+                tokenising, with counts by reason and a sample in MLflow (see
+                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
@@ -159,7 +164,7 @@ class UnpairedDataModule(PostDataModule):
         else:
             train, val = hold_out(train, hp.seed, hp.val_fraction)
         test = self._load(hp.test_files) if hp.test_files is not None else None
-        return {"train": train, "val": val, "test": test}
+        return self.safety_filtered({"train": train, "val": val, "test": test})
 
     def encode(self, records: list[dict]) -> list[UnpairedExample]:
         hp, tok = self.hparams, self._tokenizer()
