@@ -5,6 +5,8 @@
     lightning-post test --config configs/sft.yaml --ckpt_path mlruns/runs/<exp>/<run>/checkpoints/last.ckpt
     lightning-post evaluate --config configs/evaluate.yaml --model exports/sft/model
     lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
+    lightning-post redteam --config configs/redteam.yaml         (attacks, their success rate, the red-team set)
+    lightning-post jailbreak-data --config configs/jailbreak_data.yaml   (refusal SFT records and DPO pairs)
     lightning-post pipeline --config configs/pipeline.yaml     (sft -> reward -> dpo -> cai -> evaluate -> abtest)
     lightning-post data report --annotations judged.jsonl --output_dir reports/judged   (pairs|label|report|convert)
 """
@@ -122,7 +124,7 @@ def cli_main(args=None, run: bool = True) -> PostCLI:
 
 
 #: subcommands beside LightningCLI's fit/validate/test/predict
-COMMANDS = ("evaluate", "abtest")
+COMMANDS = ("evaluate", "abtest", "redteam", "jailbreak-data")
 
 
 def main() -> None:

@@ -35,9 +35,10 @@ from typing import Any, Optional
 log = logging.getLogger(__name__)
 
 #: what a stage can run; fit stages accept every method's YAML
-STAGE_COMMANDS = ("fit", "evaluate", "abtest")
+STAGE_COMMANDS = ("fit", "evaluate", "abtest", "redteam", "jailbreak-data")
 #: the output a bare stage name refers to in ``inputs``
-DEFAULT_OUTPUT = {"fit": "model", "evaluate": "report", "abtest": "report"}
+DEFAULT_OUTPUT = {"fit": "model", "evaluate": "report", "abtest": "report", "redteam": "redteam_set",
+                  "jailbreak-data": "pairs"}
 
 
 class PipelineError(RuntimeError):
@@ -50,13 +51,14 @@ class Stage:
 
     Attributes:
         name: unique name, also the child run's name and the stage's folder under ``output_dir``.
-        command: ``fit`` (any method's YAML), ``evaluate`` or ``abtest``.
+        command: ``fit`` (any method's YAML), ``evaluate``, ``abtest``, ``redteam`` or ``jailbreak-data``.
         config: the stage's YAML (as given to ``lightning-post <command> --config``).
         args: overrides of that YAML, dotted keys as on the command line (``trainer.max_steps: 5``); the text
             ``{stage_dir}`` in a string value becomes the stage's folder.
         inputs: argument -> earlier stage (``model.init_args.model_name_or_path: sft``); ``stage:output`` picks an
             output other than the default (fit: ``model``, the export with adapters merged, else the adapter;
-            ``adapter``; ``checkpoint``; evaluate/abtest: ``report``, ``output_dir``).
+            ``adapter``; ``checkpoint``; other commands: ``output_dir`` and each file they write, by its stem:
+            ``report``, ``redteam_set``, ``sft``, ``pairs``, ``heldout_harmful``, ...).
     """
 
     name: str
@@ -268,8 +270,8 @@ class Pipeline:
                 raise PipelineError(f"stage {st.name} finished without an export in {stage_dir / 'export'} "
                                     "(is export.enabled false in its YAML?)")
             return out
-        folder = stage_dir / "output"
-        return {"report": str((folder / "report.json").resolve()), "output_dir": str(folder.resolve())}
+        folder = (stage_dir / "output").resolve()  # every file the command wrote is an output, by its stem
+        return {"output_dir": str(folder), **{p.stem: str(p) for p in sorted(folder.glob("*.json*"))}}
 
     # ---------------------------------------------------------------- the whole pipeline
     def run(self) -> dict:

@@ -231,7 +231,7 @@ def truncate_pair(
     Returns ``(prompt, chosen, rejected, prompt_was_cut, a_reply_was_cut)``.
 
     >>> truncate_pair([1, 2, 3, 4, 5], [6, 7], [8], max_length=5, min_prompt_length=2)
-    ([4, 5], [6, 7], [8], True, False)
+    ([3, 4, 5], [6, 7], [8], True, False)
     >>> truncate_pair([1, 2, 3, 4, 5], [6, 7, 8, 9], [8], max_length=5, min_prompt_length=2)
     ([4, 5], [6, 7, 8], [8], True, True)
     """

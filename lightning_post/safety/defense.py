@@ -1,0 +1,211 @@
+"""``lightning-post jailbreak-data``: training data for jailbreak defense.
+
+Harmful requests are wrapped in jailbreak templates (and red-team sets are added as they are) and paired with
+refusals: SFT records (wrapped request -> refusal) and DPO pairs (chosen = a refusal, rejected = the model's own
+compliant answer to the wrapped request). Ordinary helpful data is mixed in (``helpful_ratio`` helpful examples per
+defense example) so that the model learns when to refuse, not to refuse everything. A share of the harmful requests
+is held out, never wrapped into training data, for measuring the trained model.
+
+    lightning-post jailbreak-data --config configs/jailbreak_data.yaml
+    lightning-post fit --config configs/jailbreak_dpo.yaml     # DPO on output_dir/pairs.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from lightning_post.data.cai import load_prompt_items
+from lightning_post.data.records import DataError, json_lines, load_instruction_records
+from lightning_post.evaluation.safety import JAILBREAK_TEMPLATES, is_refusal, jailbreak
+from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.tracking import log_run, write_folder
+
+log = logging.getLogger(__name__)
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+def load_refusals(path: str) -> list[str]:
+    """Refusal texts (``{"response"}`` records); each must read as a refusal to the rule detector, so that the
+    training target and the measurement agree."""
+    out = []
+    for where, rec in json_lines(path):
+        text = rec.get("response") if isinstance(rec, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(where, "response", "must be a non-empty string")
+        if not is_refusal(text):
+            raise DataError(where, "response", "does not read as a refusal to the refusal detector")
+        out.append(text.strip())
+    if not out:
+        raise DataError(path, None, "has no refusals")
+    return out
+
+
+def load_redteam_set(path: str) -> list[tuple[list[dict], str]]:
+    """``(conversation, seed request)`` of each attack of a red-team set (``redteam_set.jsonl`` of
+    ``lightning-post redteam``): the last user turn included, answers to earlier turns kept."""
+    out = []
+    for where, rec in json_lines(path):
+        prompt = rec.get("prompt") if isinstance(rec, dict) else None
+        if not isinstance(prompt, list) or not prompt or prompt[-1].get("role") != "user":
+            raise DataError(where, "prompt", "must be a message list ending with a user turn")
+        out.append((prompt, str(rec.get("seed", ""))))
+    return out
+
+
+class JailbreakDefenseData:
+    """Build jailbreak-defense SFT records and DPO pairs mixed with helpful data, and hold out harmful requests."""
+
+    def __init__(
+        self,
+        harmful_prompts: Optional[str] = None,
+        max_harmful: int = 96,
+        heldout_harmful: int = 24,
+        redteam_sets: Union[str, list[str], None] = None,
+        templates: Optional[list[str]] = None,
+        templates_per_prompt: int = 2,
+        include_plain: bool = True,
+        refusals: Optional[str] = None,
+        model: str = DEFAULT_MODEL,
+        helpful_sft: Optional[str] = None,
+        helpful_pairs: Optional[str] = None,
+        helpful_ratio: float = 1.0,
+        max_new_tokens: int = 96,
+        temperature: float = 0.0,
+        batch_size: int = 16,
+        dtype: str = "float32",
+        device: Optional[str] = None,
+        output_dir: str = "mlruns/jailbreak_data/latest",
+        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
+        experiment_name: str = "jailbreak_data",
+        run_name: Optional[str] = None,
+        run_id: Optional[str] = None,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            harmful_prompts: requests to refuse: a prompt file or HH-RLHF dialogues (their first Human turn);
+                ``null`` = the bundled 16 red-team seed requests.
+            max_harmful: read the first N distinct harmful requests (held-out ones included).
+            heldout_harmful: of those, this many (a seeded random choice) are held out of training and written to
+                ``heldout_harmful.jsonl`` for measuring.
+            redteam_sets: red-team sets (``redteam_set.jsonl``, one path or a list) whose attacks are added as they
+                are.
+            templates: jailbreak templates to wrap requests in (``null`` = all six of
+                :data:`~lightning_post.evaluation.safety.JAILBREAK_TEMPLATES`).
+            templates_per_prompt: templates drawn per training request.
+            include_plain: also train on the unwrapped request.
+            refusals: refusal texts, ``{"response"}`` records (``null`` = the bundled six); one per example, drawn.
+            model: the model whose compliant answers become the rejected replies of the DPO pairs (pairs where it
+                refuses anyway, or answers nothing, are dropped and counted).
+            helpful_sft: instruction records mixed into the SFT data (``null`` = the bundled instructions).
+            helpful_pairs: preference pairs mixed into the DPO data (``null`` = the bundled pairs).
+            helpful_ratio: helpful examples per defense example (capped by what the files hold).
+            max_new_tokens: longest compliant answer generated.
+            temperature: sampling temperature of the compliant answers (0 = greedy).
+            batch_size: prompts per generation batch.
+            dtype: parameter dtype of ``model``.
+            device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
+            output_dir: folder of ``sft.jsonl``, ``pairs.jsonl``, ``heldout_harmful.jsonl`` and ``report.json``.
+            tracking_uri: MLflow tracking URI.
+            experiment_name: MLflow experiment.
+            run_name: MLflow run name.
+            run_id: record into this existing MLflow run (a pipeline's child run) instead of a new one.
+            seed: seed of the hold-out, template and refusal draws and the shuffling.
+        """
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        self.templates = list(JAILBREAK_TEMPLATES) if templates is None else templates
+        unknown = [t for t in self.templates if t not in JAILBREAK_TEMPLATES]
+        if unknown:
+            raise ValueError(f"templates: unknown {unknown}; choose from {list(JAILBREAK_TEMPLATES)}")
+        if not 1 <= templates_per_prompt <= len(self.templates):
+            raise ValueError(f"templates_per_prompt must be in 1..{len(self.templates)}")
+        if heldout_harmful >= max_harmful:
+            raise ValueError("heldout_harmful must leave training requests: it must be below max_harmful")
+
+    def run(self) -> dict:
+        from lightning_post.data.instruction import default_instruction_file
+        from lightning_post.data.preference import default_preference_file
+        from lightning_post.evaluation.commands import load_policy, pick_device
+        from lightning_post.generation import ChatGenerator
+
+        rng = random.Random(self.seed)
+        torch.manual_seed(self.seed)
+        # 1. inputs, validated before the model loads
+        source = self.harmful_prompts or str(RESOURCES / "redteam_seeds.jsonl")
+        items, _ = load_prompt_items([source], True, self.max_harmful, skip_invalid=True)
+        requests = [it["prompt"][-1]["content"] for it in items]
+        if len(requests) <= self.heldout_harmful:
+            raise DataError(source, None, f"has {len(requests)} requests; heldout_harmful needs more")
+        refusals = load_refusals(self.refusals or str(RESOURCES / "refusals.jsonl"))
+        sets = [self.redteam_sets] if isinstance(self.redteam_sets, str) else self.redteam_sets or []
+        attacks = [a for path in sets for a in load_redteam_set(path)]
+        helpful_sft = load_instruction_records([self.helpful_sft or default_instruction_file()])
+        helpful_pairs = [json.loads(line) for line in Path(self.helpful_pairs or default_preference_file())
+                         .read_text(encoding="utf-8").splitlines() if line.strip()]
+        # 2. hold out: these requests are never in training data
+        order = list(range(len(requests)))
+        rng.shuffle(order)
+        heldout = sorted(order[: self.heldout_harmful])
+        train_requests = [requests[i] for i in sorted(order[self.heldout_harmful:])]
+        # 3. wrap: each training request plain and in templates_per_prompt drawn templates; red-team attacks as is
+        defense: list[dict] = []
+        for req in train_requests:
+            names = rng.sample(self.templates, self.templates_per_prompt)
+            variants = ([("plain", req)] if self.include_plain else []) + [(t, jailbreak(req, t)) for t in names]
+            defense += [{"source": t, "request": req, "prompt": [{"role": "user", "content": text}]}
+                        for t, text in variants]
+        # an attack built on a held-out request would leak it into training
+        held = {requests[i].strip().lower() for i in heldout}
+        leaks = [(c, seed) for c, seed in attacks if seed.strip().lower() in held
+                 or any(h in " ".join(m["content"].lower() for m in c) for h in held)]
+        defense += [{"source": "redteam", "request": c[-1]["content"], "prompt": c}
+                    for c, seed in attacks if (c, seed) not in leaks]
+        for d in defense:
+            d["refusal"] = rng.choice(refusals)
+        # 4. the model's compliant answers -> rejected replies of the pairs
+        model, tok = load_policy(self.model, self.dtype, pick_device(self.device))
+        answers = ChatGenerator(model, tok, self.batch_size, self.max_new_tokens, temperature=self.temperature).generate(
+            [d["prompt"] for d in defense], desc="compliant answers")
+        pairs, refused, empty = [], 0, 0
+        for d, answer in zip(defense, answers):
+            if not answer.strip():
+                empty += 1
+                continue
+            if is_refusal(answer):
+                refused += 1
+                continue
+            pairs.append({"prompt": d["prompt"], "chosen": d["refusal"], "rejected": answer, "source": d["source"]})
+        sft = [{"messages": [*d["prompt"], {"role": "assistant", "content": d["refusal"]}], "source": d["source"]}
+               for d in defense]
+        # 5. mix in helpful data and shuffle
+        n_sft = min(len(helpful_sft), round(self.helpful_ratio * len(sft)))
+        n_pairs = min(len(helpful_pairs), round(self.helpful_ratio * len(pairs)))
+        sft_rows = sft + [{**r, "source": "helpful"} for r in rng.sample(helpful_sft, n_sft)]
+        pair_rows = pairs + [{**r, "source": "helpful"} for r in rng.sample(helpful_pairs, n_pairs)]
+        rng.shuffle(sft_rows)
+        rng.shuffle(pair_rows)
+        report: dict[str, Any] = {
+            "harmful_requests": len(requests), "heldout_harmful": len(heldout), "train_requests": len(train_requests),
+            "redteam_attacks": len(attacks) - len(leaks), "redteam_dropped_heldout": len(leaks),
+            "defense_examples": len(defense), "templates": self.templates,
+            "sft_examples": len(sft_rows), "sft_helpful": n_sft, "dpo_pairs": len(pair_rows), "dpo_helpful": n_pairs,
+            "dropped_model_refused": refused, "dropped_empty_answer": empty,
+            "model_refusal_rate": refused / len(defense) if defense else 0.0,
+        }
+        out = Path(self.output_dir)
+        write_folder(out, {"report.json": report, "sft.jsonl": sft_rows, "pairs.jsonl": pair_rows,
+                           "heldout_harmful.jsonl": [{"prompt": requests[i]} for i in heldout]})
+        metrics = {f"jailbreak_data/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
+        report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
+                                           {"method": "jailbreak_data", "model": self.model}, vars(self), metrics, out,
+                                           None, self.run_id)
+        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"jailbreak defense data: {len(sft_rows)} SFT records, {len(pair_rows)} DPO pairs "
+              f"({n_pairs} helpful), {len(heldout)} harmful requests held out -> {out}")
+        return report
