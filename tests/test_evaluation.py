@@ -183,7 +183,7 @@ def test_evaluate_command_writes_report_and_mlflow_run(tmp_path):
     assert safety["jailbreak_drop"] == pytest.approx(safety["refusal_rate"] - safety["jailbreak_refusal_rate"])
     assert 0 <= safety["judge_harmless_rate"] <= 1
     rows = [json.loads(line) for line in (tmp_path / "eval-out" / "safety_answers.jsonl").read_text().splitlines()]
-    assert [r["probe"] for r in rows].count("harmful") == 2 and len(rows) == 2 + 2 * 2 + 12
+    assert [r["probe"] for r in rows].count("harmful") == 2 and len(rows) == 4 + 2 + 2 * 2 + 12  # + 4 harmless
     assert all(r["refusal"] == is_refusal(r["answer"]) for r in rows if "refusal" in r)
     assert set(report["text"]) == {"bleu", "rouge1", "rouge2", "rougeL", "bertscore", "corpus_bleu"}
     assert report["safety"]["crows_pairs"]["pairs"] == 8
