@@ -25,8 +25,10 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +41,10 @@ STAGE_COMMANDS = ("fit", "evaluate", "abtest", "redteam", "jailbreak-data")
 #: the output a bare stage name refers to in ``inputs``
 DEFAULT_OUTPUT = {"fit": "model", "evaluate": "report", "abtest": "report", "redteam": "redteam_set",
                   "jailbreak-data": "pairs"}
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class PipelineError(RuntimeError):
@@ -285,6 +291,9 @@ class Pipeline:
         restart = False
         dirty: set[str] = set()  # stages rerun in this call: whatever reads from them reruns too
         total = len(self.stages)
+        # a scheduler's SIGTERM (preemption, scancel) stops the running stage like Ctrl-C, with the state recorded
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) \
+            if threading.current_thread() is threading.main_thread() else None
         try:
             for i, st in enumerate(self.stages, 1):
                 restart = restart or st.name == self.restart_from
@@ -310,6 +319,9 @@ class Pipeline:
         except PipelineError:
             client.set_terminated(parent, status="FAILED")
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         self._log_summary(client, parent, state)
         client.set_terminated(parent, status="FINISHED")
         print(f"[pipeline] finished: parent run {parent}; state in {self._state_file}", flush=True)
