@@ -128,3 +128,35 @@ def test_pipeline_fails_at_a_stage_then_resumes_there(tmp_path):
     shutil.rmtree(out / "evaluate/output")  # a missing output reruns its stage (and only it)
     fourth = cli(["pipeline", "--config", str(config), "--restart_from", "abtest"], tmp_path)
     assert fourth.stdout.count("skipped") == 5 and "evaluate: evaluate" in fourth.stdout
+
+
+def test_sigterm_stops_the_running_stage_and_records_it(tmp_path):
+    """A scheduler's SIGTERM (preemption) while a stage runs: the stage's process is stopped, the stage is recorded
+    as interrupted, its child run and the parent as KILLED, and the exit code is non-zero."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = {"name": "term", "output_dir": "mlruns/pipelines/term", "stages": [
+        {"name": "sft", "config": str(CONFIGS / "tiny.yaml"), "args": {"trainer.max_steps": 400}}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_post.cli", "pipeline", "--config", "p.yaml"],
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "mlruns/pipelines/term/sft/stage.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and "trainable of" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)  # the model is built: the stage's process is training
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
+    state = json.loads((tmp_path / "mlruns/pipelines/term/state.json").read_text())
+    assert state["stages"]["sft"]["status"] == "failed" and state["stages"]["sft"]["error"] == "interrupted"
+    mlf = client(tmp_path)
+    assert mlf.get_run(state["stages"]["sft"]["run_id"]).info.status == "KILLED"
+    assert mlf.get_run(state["parent_run_id"]).info.status == "KILLED"
+    ps = subprocess.run(["pgrep", "-f", state["stages"]["sft"]["run_id"]], capture_output=True, text=True)
+    assert ps.stdout.strip() == ""  # no stage process left behind
