@@ -92,7 +92,10 @@ def test_jailbreak_data_holds_out_requests_and_pairs_refusals_with_compliance(re
                                                    "ignore_instructions", "fiction", "research"}
     assert sum(r["source"] == "plain" for r in defense_sft) == 6
     assert all(is_refusal(r["messages"][-1]["content"]) for r in defense_sft)
-    defense_pairs = [p for p in pairs if p["source"] != "helpful"]
+    defense_pairs = [p for p in pairs if not p["source"].startswith("helpful")]
+    contrast = [p for p in pairs if p["source"] == "helpful_contrast"]  # a helpful answer chosen over a refusal
+    assert len(pairs) - len(defense_pairs) == report["dpo_helpful"] == len(defense_pairs)
+    assert len(contrast) == report["dpo_helpful_contrast"] > 0 and all(is_refusal(p["rejected"]) for p in contrast)
     assert all(is_refusal(p["chosen"]) and not is_refusal(p["rejected"]) and p["rejected"].strip()
                for p in defense_pairs)
     assert len(defense_pairs) == report["defense_examples"] - report["dropped_model_refused"] - \

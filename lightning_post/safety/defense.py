@@ -22,6 +22,7 @@ import torch
 
 from lightning_post.data.cai import load_prompt_items
 from lightning_post.data.records import DataError, json_lines, load_instruction_records
+from lightning_post.data.safety import prompt_and_reply
 from lightning_post.evaluation.safety import JAILBREAK_TEMPLATES, is_refusal, jailbreak
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.tracking import log_run, write_folder
@@ -72,9 +73,10 @@ class JailbreakDefenseData:
         include_plain: bool = True,
         refusals: Optional[str] = None,
         model: str = DEFAULT_MODEL,
-        helpful_sft: Optional[str] = None,
+        helpful_sft: Union[str, list[str], None] = None,
         helpful_pairs: Optional[str] = None,
         helpful_ratio: float = 1.0,
+        refusal_contrast: bool = True,
         max_new_tokens: int = 96,
         temperature: float = 0.0,
         batch_size: int = 16,
@@ -103,9 +105,13 @@ class JailbreakDefenseData:
             refusals: refusal texts, ``{"response"}`` records (``null`` = the bundled six); one per example, drawn.
             model: the model whose compliant answers become the rejected replies of the DPO pairs (pairs where it
                 refuses anyway, or answers nothing, are dropped and counted).
-            helpful_sft: instruction records mixed into the SFT data (``null`` = the bundled instructions).
+            helpful_sft: instruction files (one path or a list) mixed into the SFT data (``null`` = the bundled
+                instructions).
             helpful_pairs: preference pairs mixed into the DPO data (``null`` = the bundled pairs).
             helpful_ratio: helpful examples per defense example (capped by what the files hold).
+            refusal_contrast: also build helpful DPO pairs from the helpful instructions: chosen = the record's
+                answer, rejected = a refusal, so that refusing a harmless request is learnt to be worse than
+                answering it (the counterweight to over-refusal).
             max_new_tokens: longest compliant answer generated.
             temperature: sampling temperature of the compliant answers (0 = greedy).
             batch_size: prompts per generation batch.
@@ -145,7 +151,8 @@ class JailbreakDefenseData:
         refusals = load_refusals(self.refusals or str(RESOURCES / "refusals.jsonl"))
         sets = [self.redteam_sets] if isinstance(self.redteam_sets, str) else self.redteam_sets or []
         attacks = [a for path in sets for a in load_redteam_set(path)]
-        helpful_sft = load_instruction_records([self.helpful_sft or default_instruction_file()])
+        sft_files = [self.helpful_sft] if isinstance(self.helpful_sft, str) else self.helpful_sft
+        helpful_sft = load_instruction_records(sft_files or [default_instruction_file()])
         helpful_pairs = [json.loads(line) for line in Path(self.helpful_pairs or default_preference_file())
                          .read_text(encoding="utf-8").splitlines() if line.strip()]
         # 2. hold out: these requests are never in training data
@@ -183,11 +190,16 @@ class JailbreakDefenseData:
             pairs.append({"prompt": d["prompt"], "chosen": d["refusal"], "rejected": answer, "source": d["source"]})
         sft = [{"messages": [*d["prompt"], {"role": "assistant", "content": d["refusal"]}], "source": d["source"]}
                for d in defense]
-        # 5. mix in helpful data and shuffle
+        # 5. mix in helpful data (with refusal-contrast pairs) and shuffle
+        pool = [{**r, "source": "helpful"} for r in helpful_pairs]
+        if self.refusal_contrast:
+            pool += [{"prompt": prompt_and_reply(r)[0], "chosen": r["response"], "rejected": rng.choice(refusals),
+                      "source": "helpful_contrast"} for r in helpful_sft if r.get("response")]
         n_sft = min(len(helpful_sft), round(self.helpful_ratio * len(sft)))
-        n_pairs = min(len(helpful_pairs), round(self.helpful_ratio * len(pairs)))
+        n_pairs = min(len(pool), round(self.helpful_ratio * len(pairs)))
         sft_rows = sft + [{**r, "source": "helpful"} for r in rng.sample(helpful_sft, n_sft)]
-        pair_rows = pairs + [{**r, "source": "helpful"} for r in rng.sample(helpful_pairs, n_pairs)]
+        drawn = rng.sample(pool, n_pairs)
+        pair_rows = pairs + drawn
         rng.shuffle(sft_rows)
         rng.shuffle(pair_rows)
         report: dict[str, Any] = {
@@ -195,6 +207,7 @@ class JailbreakDefenseData:
             "redteam_attacks": len(attacks) - len(leaks), "redteam_dropped_heldout": len(leaks),
             "defense_examples": len(defense), "templates": self.templates,
             "sft_examples": len(sft_rows), "sft_helpful": n_sft, "dpo_pairs": len(pair_rows), "dpo_helpful": n_pairs,
+            "dpo_helpful_contrast": sum(r["source"] == "helpful_contrast" for r in drawn),
             "dropped_model_refused": refused, "dropped_empty_answer": empty,
             "model_refusal_rate": refused / len(defense) if defense else 0.0,
         }
