@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -37,7 +39,7 @@ class Browser:
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
              f"--user-data-dir={self._profile}", "--remote-debugging-port=0", f"--window-size={width},{height}",
              "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         port = None
         deadline = time.time() + timeout
         while port is None and time.time() < deadline:  # "DevTools listening on ws://127.0.0.1:PORT/..."
@@ -103,12 +105,15 @@ class Browser:
     def close(self) -> None:
         try:
             self._ws.close()
-        finally:
-            self._proc.terminate()
+        finally:  # the whole process group: Chromium's renderer and GPU processes outlive their parent otherwise
             try:
+                os.killpg(self._proc.pid, signal.SIGTERM)
                 self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             shutil.rmtree(self._profile, ignore_errors=True)
 
     def __enter__(self) -> "Browser":
