@@ -142,6 +142,9 @@ def main() -> None:
             run_command("pipeline", sys.argv[2:], {"pipeline": Pipeline}, "lightning-post pipeline")
         except PipelineError as e:
             sys.exit(f"lightning-post pipeline: {e}")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage was stopped and recorded
+            print("lightning-post pipeline: interrupted; run the same command again to resume", file=sys.stderr)
+            sys.exit(130)
         return
     if len(sys.argv) > 1 and sys.argv[1] == "data":
         from lightning_post.evaluation.commands import run_command
