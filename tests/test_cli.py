@@ -37,17 +37,20 @@ def test_every_config_prints(tmp_path, monkeypatch):
     from lightning_post.pipeline import Pipeline
     from lightning_post.quality.commands import DATA_COMMANDS
 
-    commands = {p: name for p in CONFIGS.glob("*.yaml") for name in COMMAND_CLASSES if p.stem.endswith(name)}
+    commands = {p: name for p in CONFIGS.glob("*.yaml") for name in COMMAND_CLASSES
+                if p.stem.endswith(name.replace("-", "_"))}
     data = {p: p.stem.removeprefix("data_") for p in CONFIGS.glob("data_*.yaml")}
     pipelines = sorted(CONFIGS.glob("*pipeline.yaml"))
     base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands and p not in data and p not in pipelines]
-    assert [p.name for p in pipelines] == ["pipeline.yaml", "tiny_pipeline.yaml"]
+    assert [p.name for p in pipelines] == ["pipeline.yaml", "safety_pipeline.yaml", "tiny_pipeline.yaml",
+                                           "tiny_safety_pipeline.yaml"]
     monkeypatch.chdir(ROOT)  # a pipeline's stage configs are paths from the repository root
     for cfg in pipelines:
         pipe = parse_command("pipeline", ["--config", str(cfg)], {"pipeline": Pipeline})[1]
         assert {s.config for s in pipe.stages} <= {f"configs/{p.name}" for p in CONFIGS.glob("*.yaml")}, cfg
     overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
-    assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate"]
+    assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate",
+                                                                "jailbreak-data", "jailbreak-data", "redteam", "redteam"]
     assert sorted(data.values()) == ["label", "report"]
     for cfg, name in commands.items():  # evaluate / abtest configs parse into their command
         assert isinstance(parse_command(name, ["--config", str(cfg)])[1], COMMAND_CLASSES[name]), cfg
