@@ -1,4 +1,4 @@
-"""GPU checks of every method on the tiny model: one GPU (fp32 and bf16-mixed), FSDP and DeepSpeed, against the CPU.
+"""GPU checks of every method on the tiny model: one GPU (fp32 and bf16-mixed), FSDP2 and DeepSpeed, against the CPU.
 
 Run on a machine with a GPU (the tiny model must be in $LIGHTNING_POST_CACHE):
 
@@ -54,10 +54,9 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true", help="run the single-device cases on the CPU instead")
     args = ap.parse_args()
     def fsdp():  # a strategy object belongs to one Trainer: a new one per case
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+        from lightning_post.strategies import FSDP2Strategy
 
-        return L.pytorch.strategies.FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, sharding_strategy="FULL_SHARD",
-                                                 state_dict_type="full")
+        return FSDP2Strategy()
 
     def deepspeed():
         return L.pytorch.strategies.DeepSpeedStrategy(stage=2)

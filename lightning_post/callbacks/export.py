@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import lightning as L
@@ -68,6 +69,27 @@ def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapt
     return written
 
 
+def unsharded_copy(module: L.LightningModule) -> Optional[SimpleNamespace]:
+    """A whole, unsharded copy of an FSDP2-sharded module's model on rank 0 (``None`` elsewhere), as
+    :func:`export_model` takes it: the gathered weights loaded into a freshly built model. Every process must call it.
+    """
+    from lightning_post.models.peft import apply_peft
+    from lightning_post.strategies import gather_full_state
+
+    state = gather_full_state(module.model)
+    if not module.trainer.is_global_zero:
+        return None
+    plain = apply_peft(module.load_backbone(), module.peft, module.peft_task)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    # a tied LM head is the embedding itself (the sharded model reads it through TiedHead, which holds no weight)
+    head = plain.get_output_embeddings() if hasattr(plain, "get_output_embeddings") else None
+    tied = {n for n, p in plain.named_parameters(remove_duplicate=False) if head is not None and p is head.weight}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"export: the gathered weights do not fit the model (missing {sorted(set(missing) - tied)},"
+                           f" unexpected {sorted(unexpected)})")
+    return SimpleNamespace(model=plain, tokenizer=module.tokenizer, hparams=module.hparams)
+
+
 class ExportModel(L.Callback):
     """Export the trained policy at the end of ``fit`` and record where on the MLflow run (tag ``export_dir``)."""
 
@@ -89,10 +111,13 @@ class ExportModel(L.Callback):
         self.model_id: Optional[str] = None
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.enabled or not trainer.is_global_zero:
+        if not self.enabled:
+            return
+        source = unsharded_copy(pl_module) if getattr(pl_module, "sharded", False) else pl_module  # collective
+        if not trainer.is_global_zero:
             return
         out = Path(self.dirpath) if self.dirpath else run_dir(trainer) / "export"
-        self.written = export_model(pl_module, out, self.merge_adapters, self.save_adapter)
+        self.written = export_model(source, out, self.merge_adapters, self.save_adapter)
         log.info("exported %s", self.written)
         logger = mlflow_logger(trainer)
         if logger is None:

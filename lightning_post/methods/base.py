@@ -19,6 +19,7 @@ from typing import Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_post.data.collate import attention_bias, split_batch
@@ -29,16 +30,14 @@ from lightning_post.generation import generate_from_ids
 from lightning_post.models.attention import VARLEN_ATTENTION, repad, unpad, varlen_kwargs
 from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from lightning_post.models.peft import (
-    PeftSettings, apply_peft, count_parameters, is_prompt_learning, quantization_config,
+    PeftSettings, apply_peft, count_parameters, is_prompt_learning, quantization_config, unwrap_peft,
 )
 from lightning_post.optim import OptimSettings, build_optimizer
+from lightning_post.strategies import (
+    FSDP2Strategy, TiedHead, all_reduce_replicated, clip_sharded_grads, shard_decoder,
+)
 
 log = logging.getLogger(__name__)
-
-
-def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (adapters stay injected in its layers)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 class PostTrainingModule(L.LightningModule):
@@ -89,27 +88,47 @@ class PostTrainingModule(L.LightningModule):
             model.config.use_cache = False
         self.model = apply_peft(model, self.peft, self.peft_task)
         self.model.train()  # from_pretrained returns eval mode, which would silence dropout (LoRA's too)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            shard_decoder(self.model, strategy.shard_mesh, strategy.reshard_after_forward, strategy.mixed_precision())
         self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         # with PEFT only the adapters train, so checkpoints hold only them (the base is reloaded from its source)
         self.strict_loading = self.peft is None
 
-    def check_strategy(self) -> None:
-        """Refuse FSDP, which cannot run these modules yet, and hand gradient clipping to DeepSpeed.
+    #: whether the method runs under FSDP2Strategy (methods with extra trained networks, PPO and CAI, do not yet)
+    supports_sharding = True
 
-        Every method backpropagates inside ``training_step`` (manual optimization, for exact accumulation). Under
-        FSDP Lightning runs ``training_step`` inside the root unit's forward, so a backward there trips FSDP's state
-        checks (trainable parameters in the root unit) or leaves parameters unchanged (seen on an H200: DPO with
-        LoRA stayed at log 2). Lightning issue #19685. DeepSpeed clips inside its engine: our
-        ``gradient_clip_val`` goes into its config.
+    def check_strategy(self) -> None:
+        """Refuse strategies that cannot run these modules, and hand gradient clipping to DeepSpeed.
+
+        Every method backpropagates inside ``training_step`` (manual optimization, for exact accumulation). Lightning's
+        ``FSDPStrategy`` (FSDP1) runs ``training_step`` inside the root unit's forward, where such a backward trips
+        FSDP's state checks or leaves parameters unchanged (seen on an H200: DPO with LoRA stayed at log 2; Lightning
+        issue #19685), so fully sharded training goes through :class:`~lightning_post.strategies.FSDP2Strategy`.
+        DeepSpeed clips inside its engine: our ``gradient_clip_val`` goes into its config.
         """
         strategy = self._trainer.strategy if self._trainer is not None else None
         name = type(strategy).__name__
         if name == "FSDPStrategy":
-            raise ValueError("trainer.strategy FSDP cannot train lightning-post's modules yet (their backward runs "
-                             "inside FSDP's root forward; Lightning issue #19685). Use configs/strategies/ddp.yaml "
-                             "or configs/strategies/deepspeed.yaml (ZeRO shards the optimizer state and gradients).")
+            raise ValueError("trainer.strategy FSDPStrategy (FSDP1) cannot train lightning-post's modules (their "
+                             "backward runs inside FSDP's root forward; Lightning issue #19685). Use "
+                             "lightning_post.strategies.FSDP2Strategy: configs/strategies/fsdp.yaml")
+        if isinstance(strategy, ModelParallelStrategy):
+            if not isinstance(strategy, FSDP2Strategy):
+                raise ValueError("trainer.strategy ModelParallelStrategy: lightning-post shards its models itself; "
+                                 "use lightning_post.strategies.FSDP2Strategy (configs/strategies/fsdp.yaml)")
+            if not self.supports_sharding:
+                raise ValueError(f"{type(self).__name__} cannot run under FSDP2Strategy yet (it trains more than one "
+                                 "network); use configs/strategies/ddp.yaml or deepspeed.yaml")
+            if quantization_config(self.peft) is not None:
+                raise ValueError("FSDP2Strategy cannot shard a quantized (QLoRA) model; drop peft.quantize")
         if name == "DeepSpeedStrategy" and self.hparams.gradient_clip_val and isinstance(strategy.config, dict):
             strategy.config.setdefault("gradient_clipping", float(self.hparams.gradient_clip_val))
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded by FSDP2 (its gradients are DTensors, clipped and reduced differently)."""
+        return self._trainer is not None and isinstance(self._trainer.strategy, FSDP2Strategy)
 
     def load_backbone(self) -> torch.nn.Module:
         """The transformers model this method trains (a causal LM unless a method needs another head)."""
@@ -177,7 +196,7 @@ class PostTrainingModule(L.LightningModule):
         """Per-token negative log-likelihood ``(N,)`` of ``targets`` under the LM head at ``hidden (N, H)``, and the
         head's arg-max ``(N,)``: chunked (no ``(N, V)`` logits) for a bias-free linear head, else plain logits."""
         head = self.lm_head()
-        if isinstance(head, torch.nn.Linear) and head.bias is None:
+        if isinstance(head, (torch.nn.Linear, TiedHead)) and head.bias is None:
             return linear_cross_entropy(hidden, head.weight, targets, chunk_size)
         logits = head(hidden)  # (N, V)
         return token_cross_entropy(logits, targets), logits.detach().argmax(-1)
@@ -211,6 +230,19 @@ class PostTrainingModule(L.LightningModule):
         if not last and isinstance(model, DistributedDataParallel):
             return model.no_sync()
         return contextlib.nullcontext()
+
+    def finish_gradients(self, optimizer) -> torch.Tensor:
+        """After the step's backward passes: reduce what is left to reduce, clip to ``gradient_clip_val`` and return
+        the global gradient norm before clipping."""
+        clip = self.hparams.gradient_clip_val
+        if self.sharded:  # FSDP2 has reduce-scattered its shards; parameters outside it are averaged here
+            params = [p for p in self.parameters() if p.requires_grad]
+            all_reduce_replicated(params)
+            return clip_sharded_grads(params, clip)
+        grad_norm = self._grad_norm()
+        if clip:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        return grad_norm
 
     def _grad_norm(self) -> torch.Tensor:
         """Global gradient norm; NaN where the gradients are not visible as ``p.grad`` (DeepSpeed partitions them)."""
@@ -275,9 +307,7 @@ class AccumulatingModule(PostTrainingModule, abc.ABC):
             for k, v in out.items():
                 sums[k] = sums.get(k, 0) + v.detach()
         # step 3: clip, step, schedule
-        grad_norm = self._grad_norm()
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+        grad_norm = self.finish_gradients(opt)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()

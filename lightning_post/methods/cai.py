@@ -35,6 +35,8 @@ class CAIModule(SFTModule):
     ``predict``: the generation alone, batch by batch (returns the new records).
     """
 
+    supports_sharding = False  # generation on one process / several trained networks: not under FSDP2 yet
+
     method = "cai"
 
     def __init__(

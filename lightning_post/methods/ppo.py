@@ -81,6 +81,8 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
     Validation answers held-out prompts (greedy unless ``val_do_sample``) and logs their mean score and KL.
     """
 
+    supports_sharding = False  # generation on one process / several trained networks: not under FSDP2 yet
+
     method = "ppo"
 
     def __init__(

@@ -170,6 +170,11 @@ PEFT_METHODS: dict[str, Callable] = {"lora": _lora, "dora": _dora, "ia3": _ia3, 
                                      "bottleneck": _bottleneck, "qlora": _qlora}
 
 
+def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (adapters stay injected in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def is_prompt_learning(model: torch.nn.Module) -> bool:
     """Whether ``model`` is a PEFT prompt-learning model (prefix tuning): its forward must go through PEFT."""
     config = getattr(model, "peft_config", None)
