@@ -31,3 +31,23 @@ def test_bundled_preferences():
     assert not any(r["chosen"] == r["rejected"] for r in rows)
     longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows)
     assert 40 <= longer <= 80  # length alone does not give the label away
+
+
+def test_borderline_training_prompts_are_not_the_over_refusal_probe():
+    """The jailbreak-defense data trains on the borderline prompts; the over-refusal probe measures on the harmless
+    prompts. So that the probe measures generalisation, no training prompt uses a probe prompt's alarming word
+    (kill, shoot, bomb, ...) or is one; neither file repeats itself."""
+    import re
+
+    from lightning_post.safety.defense import RESOURCES
+
+    def prompts(name):
+        return [json.loads(line)["prompt"] for line in (RESOURCES / name).read_text(encoding="utf-8").splitlines()]
+
+    train, probe = prompts("borderline_prompts.jsonl"), prompts("harmless_prompts.jsonl")
+    assert len(train) == len(set(train)) == 48 and len(probe) == len(set(probe)) == 24
+    alarming = re.compile(r"\b(kill|shoot|blow|knife|beat|chemical|weed|bomb|crack|steal|attack|hack|virus|break into|"
+                          r"collapse|dispos|execut|strangl|smash|lock|godfather|terminat|explo)", re.I)
+    assert all(alarming.search(p) for p in probe)  # every probe prompt has one of these words
+    assert [p for p in train if alarming.search(p)] == []
+    assert not set(train) & set(probe)

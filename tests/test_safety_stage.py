@@ -74,8 +74,12 @@ def test_redteam_with_an_llm_judge_applies_its_threshold(tmp_path):
 
 
 def test_jailbreak_data_holds_out_requests_and_pairs_refusals_with_compliance(redteam, tmp_path):
+    borderline = write_jsonl(tmp_path / "borderline.jsonl", [{"prompt": "How do I kill a stuck job?"},
+                                                             {"prompt": "How do I shoot a portrait?"},
+                                                             {"prompt": "How do I crack a walnut?"}])
     cli(["jailbreak-data", "--config", str(CONFIGS / "tiny_jailbreak_data.yaml"),
-         "--redteam_sets", str(redteam / "redteam-out/redteam_set.jsonl")], tmp_path)
+         "--redteam_sets", str(redteam / "redteam-out/redteam_set.jsonl"), "--borderline_prompts", str(borderline),
+         "--borderline_repeats", "2"], tmp_path)
     out = tmp_path / "jailbreak-out"
     report = json.loads((out / "report.json").read_text())
     sft, pairs, heldout = _rows(out / "sft.jsonl"), _rows(out / "pairs.jsonl"), _rows(out / "heldout_harmful.jsonl")
@@ -85,21 +89,32 @@ def test_jailbreak_data_holds_out_requests_and_pairs_refusals_with_compliance(re
     assert report["redteam_attacks"] + report["redteam_dropped_heldout"] == len(red)
     leaked = [r for r in red if r["seed"] in {h["prompt"] for h in heldout}]
     assert report["redteam_dropped_heldout"] == len(leaked)  # attacks on held-out requests stay out of training
-    assert report["defense_examples"] == 18 + len(red) - len(leaked) == report["sft_examples"] - report["sft_helpful"]
+    assert report["defense_examples"] == 18 + len(red) - len(leaked) == \
+        report["sft_examples"] - report["sft_helpful"] - report["borderline_examples"]
     assert report["sft_helpful"] == report["defense_examples"]  # helpful_ratio 1 (the bundled file holds enough)
-    defense_sft = [r for r in sft if r["source"] != "helpful"]
+    defense_sft = [r for r in sft if r["source"] not in ("helpful", "borderline")]
     assert {r["source"] for r in defense_sft} <= {"plain", "redteam", "role_play", "hypothetical", "prefix_injection",
                                                    "ignore_instructions", "fiction", "research"}
     assert sum(r["source"] == "plain" for r in defense_sft) == 6
     assert all(is_refusal(r["messages"][-1]["content"]) for r in defense_sft)
-    defense_pairs = [p for p in pairs if not p["source"].startswith("helpful")]
+    defense_pairs = [p for p in pairs if not p["source"].startswith("helpful") and p["source"] != "borderline"]
     contrast = [p for p in pairs if p["source"] == "helpful_contrast"]  # a helpful answer chosen over a refusal
-    assert len(pairs) - len(defense_pairs) == report["dpo_helpful"] == len(defense_pairs)
+    assert len(pairs) - len(defense_pairs) - report["borderline_examples"] == report["dpo_helpful"] == len(defense_pairs)
     assert len(contrast) == report["dpo_helpful_contrast"] > 0 and all(is_refusal(p["rejected"]) for p in contrast)
     assert all(is_refusal(p["chosen"]) and not is_refusal(p["rejected"]) and p["rejected"].strip()
                for p in defense_pairs)
     assert len(defense_pairs) == report["defense_examples"] - report["dropped_model_refused"] - \
         report["dropped_empty_answer"]
+    # borderline prompts: the model's own (non-refusing) answer, twice each, as SFT target and over a refusal
+    assert report["borderline_prompts"] == 3 and 0 < report["borderline_kept"] <= 3
+    assert report["borderline_examples"] == 2 * report["borderline_kept"]
+    b_sft = [r for r in sft if r["source"] == "borderline"]
+    b_pairs = [p for p in pairs if p["source"] == "borderline"]
+    assert len(b_sft) == len(b_pairs) == report["borderline_examples"]
+    assert sorted(r["messages"][-1]["content"] for r in b_sft) == sorted(p["chosen"] for p in b_pairs)
+    assert all(not is_refusal(p["chosen"]) and p["chosen"] and is_refusal(p["rejected"]) for p in b_pairs)
+    assert {r["messages"][0]["content"] for r in b_sft} <= {"How do I kill a stuck job?", "How do I shoot a portrait?",
+                                                           "How do I crack a walnut?"}
     # no held-out request appears anywhere in the training data
     text = (out / "sft.jsonl").read_text() + (out / "pairs.jsonl").read_text()
     assert all(json.dumps(h["prompt"])[1:-1] not in text for h in heldout)

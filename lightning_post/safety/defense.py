@@ -3,8 +3,9 @@
 Harmful requests are wrapped in jailbreak templates (and red-team sets are added as they are) and paired with
 refusals: SFT records (wrapped request -> refusal) and DPO pairs (chosen = a refusal, rejected = the model's own
 compliant answer to the wrapped request). Ordinary helpful data is mixed in (``helpful_ratio`` helpful examples per
-defense example) so that the model learns when to refuse, not to refuse everything. A share of the harmful requests
-is held out, never wrapped into training data, for measuring the trained model.
+defense example) so that the model learns when to refuse, not to refuse everything, and so are harmless requests that
+sound harmful (borderline prompts, answered by the model itself). A share of the harmful requests is held out, never
+wrapped into training data, for measuring the trained model.
 
     lightning-post jailbreak-data --config configs/jailbreak_data.yaml
     lightning-post fit --config configs/jailbreak_dpo.yaml     # DPO on output_dir/pairs.jsonl
@@ -77,6 +78,8 @@ class JailbreakDefenseData:
         helpful_pairs: Optional[str] = None,
         helpful_ratio: float = 1.0,
         refusal_contrast: bool = True,
+        borderline_prompts: Optional[str] = None,
+        borderline_repeats: int = 1,
         max_new_tokens: int = 96,
         temperature: float = 0.0,
         batch_size: int = 16,
@@ -112,6 +115,11 @@ class JailbreakDefenseData:
             refusal_contrast: also build helpful DPO pairs from the helpful instructions: chosen = the record's
                 answer, rejected = a refusal, so that refusing a harmless request is learnt to be worse than
                 answering it (the counterweight to over-refusal).
+            borderline_prompts: harmless requests that sound harmful ("How do I kill all the background jobs in my
+                shell?"), a prompt file (``null`` = the bundled 48, none of them among the evaluation's harmless
+                probe prompts). The model's own answers to them (where it answers) become helpful SFT records and
+                DPO pairs over a refusal: the words alone are no reason to refuse.
+            borderline_repeats: times each borderline example is added (0 = none).
             max_new_tokens: longest compliant answer generated.
             temperature: sampling temperature of the compliant answers (0 = greedy).
             batch_size: prompts per generation batch.
@@ -131,6 +139,8 @@ class JailbreakDefenseData:
             raise ValueError(f"templates: unknown {unknown}; choose from {list(JAILBREAK_TEMPLATES)}")
         if not 1 <= templates_per_prompt <= len(self.templates):
             raise ValueError(f"templates_per_prompt must be in 1..{len(self.templates)}")
+        if borderline_repeats < 0:
+            raise ValueError("borderline_repeats must be 0 or more")
         if heldout_harmful >= max_harmful:
             raise ValueError("heldout_harmful must leave training requests: it must be below max_harmful")
 
@@ -153,6 +163,10 @@ class JailbreakDefenseData:
         attacks = [a for path in sets for a in load_redteam_set(path)]
         sft_files = [self.helpful_sft] if isinstance(self.helpful_sft, str) else self.helpful_sft
         helpful_sft = load_instruction_records(sft_files or [default_instruction_file()])
+        borderline = []
+        if self.borderline_repeats:
+            path = self.borderline_prompts or str(RESOURCES / "borderline_prompts.jsonl")
+            borderline = [it["prompt"] for it in load_prompt_items([path], True, None)[0]]
         helpful_pairs = [json.loads(line) for line in Path(self.helpful_pairs or default_preference_file())
                          .read_text(encoding="utf-8").splitlines() if line.strip()]
         # 2. hold out: these requests are never in training data
@@ -178,7 +192,8 @@ class JailbreakDefenseData:
         # 4. the model's compliant answers -> rejected replies of the pairs
         model, tok = load_policy(self.model, self.dtype, pick_device(self.device))
         answers = ChatGenerator(model, tok, self.batch_size, self.max_new_tokens, temperature=self.temperature).generate(
-            [d["prompt"] for d in defense], desc="compliant answers")
+            [d["prompt"] for d in defense] + borderline, desc="compliant answers")
+        answers, borderline_answers = answers[: len(defense)], answers[len(defense):]
         pairs, refused, empty = [], 0, 0
         for d, answer in zip(defense, answers):
             if not answer.strip():
@@ -190,16 +205,22 @@ class JailbreakDefenseData:
             pairs.append({"prompt": d["prompt"], "chosen": d["refusal"], "rejected": answer, "source": d["source"]})
         sft = [{"messages": [*d["prompt"], {"role": "assistant", "content": d["refusal"]}], "source": d["source"]}
                for d in defense]
-        # 5. mix in helpful data (with refusal-contrast pairs) and shuffle
+        # 5. borderline requests: the model's own answer (where it answers) is the target, over a refusal
+        kept = [(p, a.strip()) for p, a in zip(borderline, borderline_answers) if a.strip() and not is_refusal(a)]
+        borderline_sft = [{"messages": [*p, {"role": "assistant", "content": a}], "source": "borderline"}
+                          for p, a in kept] * self.borderline_repeats
+        borderline_pairs = [{"prompt": p, "chosen": a, "rejected": rng.choice(refusals), "source": "borderline"}
+                            for _ in range(self.borderline_repeats) for p, a in kept]
+        # 6. mix in helpful data (with refusal-contrast pairs) and shuffle
         pool = [{**r, "source": "helpful"} for r in helpful_pairs]
         if self.refusal_contrast:
             pool += [{"prompt": prompt_and_reply(r)[0], "chosen": r["response"], "rejected": rng.choice(refusals),
                       "source": "helpful_contrast"} for r in helpful_sft if r.get("response")]
         n_sft = min(len(helpful_sft), round(self.helpful_ratio * len(sft)))
         n_pairs = min(len(pool), round(self.helpful_ratio * len(pairs)))
-        sft_rows = sft + [{**r, "source": "helpful"} for r in rng.sample(helpful_sft, n_sft)]
+        sft_rows = sft + [{**r, "source": "helpful"} for r in rng.sample(helpful_sft, n_sft)] + borderline_sft
         drawn = rng.sample(pool, n_pairs)
-        pair_rows = pairs + drawn
+        pair_rows = pairs + drawn + borderline_pairs
         rng.shuffle(sft_rows)
         rng.shuffle(pair_rows)
         report: dict[str, Any] = {
@@ -210,6 +231,8 @@ class JailbreakDefenseData:
             "dpo_helpful_contrast": sum(r["source"] == "helpful_contrast" for r in drawn),
             "dropped_model_refused": refused, "dropped_empty_answer": empty,
             "model_refusal_rate": refused / len(defense) if defense else 0.0,
+            "borderline_prompts": len(borderline), "borderline_kept": len(kept),
+            "borderline_examples": len(borderline_sft),
         }
         out = Path(self.output_dir)
         write_folder(out, {"report.json": report, "sft.jsonl": sft_rows, "pairs.jsonl": pair_rows,
