@@ -95,7 +95,7 @@ class PostTrainingModule(L.LightningModule):
         # with PEFT only the adapters train, so checkpoints hold only them (the base is reloaded from its source)
         self.strict_loading = self.peft is None
 
-    #: whether the method runs under FSDP2Strategy (methods with extra trained networks, PPO and CAI, do not yet)
+    #: whether the method runs under FSDP2Strategy (PPO and CAI, which generate or train several networks, not yet)
     supports_sharding = True
 
     def check_strategy(self) -> None:
@@ -118,8 +118,9 @@ class PostTrainingModule(L.LightningModule):
                 raise ValueError("trainer.strategy ModelParallelStrategy: lightning-post shards its models itself; "
                                  "use lightning_post.strategies.FSDP2Strategy (configs/strategies/fsdp.yaml)")
             if not self.supports_sharding:
-                raise ValueError(f"{type(self).__name__} cannot run under FSDP2Strategy yet (it trains more than one "
-                                 "network); use configs/strategies/ddp.yaml or deepspeed.yaml")
+                raise ValueError(f"{type(self).__name__} cannot run under FSDP2Strategy yet (it generates on one "
+                                 "process or trains several networks); use configs/strategies/ddp.yaml or "
+                                 "deepspeed.yaml")
             if quantization_config(self.peft) is not None:
                 raise ValueError("FSDP2Strategy cannot shard a quantized (QLoRA) model; drop peft.quantize")
         if name == "DeepSpeedStrategy" and self.hparams.gradient_clip_val and isinstance(strategy.config, dict):
