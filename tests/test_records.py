@@ -88,3 +88,22 @@ def test_shared_self_instruct_predictions_load():
         pytest.skip("../shared/data is not beside the project")
     records = load_instruction_records([path])
     assert len(records) == 252 and all(r["response"].strip() for r in records)
+    # every answer in the file opens with whitespace (" ", "\n\n", ...); the loaded targets do not
+    raw = [json.loads(line)["response"] for line in path.read_text(encoding="utf-8").splitlines()]
+    assert all(r != r.lstrip() for r in raw)
+    assert [r["response"] for r in records] == [r.strip() for r in raw]
+
+
+def test_targets_lose_surrounding_whitespace_prompts_keep_it(tmp_path):
+    path = write_jsonl(tmp_path / "ws.jsonl", [
+        {"instruction": "  Name a colour.", "input": "\nred or blue ", "response": "\n\nBlue. \n"},
+        {"prompt": "p ", "completion": " q"},
+        {"messages": [{"role": "system", "content": " s "}, {"role": "user", "content": " u\n"},
+                      {"role": "assistant", "content": "\n  v  "}]},
+    ])
+    assert load_instruction_records([path]) == [
+        {"instruction": "  Name a colour.", "input": "\nred or blue ", "response": "Blue."},
+        {"instruction": "p ", "input": "", "response": "q"},
+        {"messages": [{"role": "system", "content": " s "}, {"role": "user", "content": " u\n"},
+                      {"role": "assistant", "content": "v"}]},
+    ]

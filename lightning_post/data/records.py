@@ -41,7 +41,15 @@ def _text(record: dict, field: str, where: str, *, required: bool = True, allow_
 
 
 def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
-    """Validate one record and return it as ``{instruction, input, response}`` or ``{messages}``."""
+    """Validate one record and return it as ``{instruction, input, response}`` or ``{messages}``.
+
+    The trained text (the response, the assistant turns) loses its surrounding whitespace: answers scraped from
+    completion models start with a space or blank lines (all 1,260 Self-Instruct predictions do), and a model trained
+    on them learns to open with blank lines.
+
+    >>> normalize_instruction_record({"instruction": "Name a colour.", "response": "\\n\\nBlue. "}, "f:1")["response"]
+    'Blue.'
+    """
     if not isinstance(record, dict):
         raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
     record = {k: v for k, v in record.items() if v is not None}  # datasets fills absent keys with None
@@ -58,6 +66,7 @@ def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
             if role not in ROLES:
                 raise DataError(where, f"{field}.role", f"must be one of {list(ROLES)}, got {role!r}")
             content = _text(m, "content", where, allow_empty=role != "assistant")
+            content = content.strip() if role == "assistant" else content
             clean.append({"role": role, "content": content})
         if not any(m["role"] == "assistant" for m in clean):
             raise DataError(where, "messages", "the conversation has no assistant turn to train on")
@@ -66,7 +75,7 @@ def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
         return {
             "instruction": _text(record, "prompt", where),
             "input": "",
-            "response": _text(record, "completion", where),
+            "response": _text(record, "completion", where).strip(),
         }
     response_field = "response" if "response" in record or "output" not in record else "output"
     if "instruction" not in record:
@@ -74,7 +83,7 @@ def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
     return {
         "instruction": _text(record, "instruction", where),
         "input": _text(record, "input", where, required=False, allow_empty=True),
-        "response": _text(record, response_field, where),
+        "response": _text(record, response_field, where).strip(),
     }
 
 
