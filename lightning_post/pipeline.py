@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class Stage:
     Attributes:
         name: unique name, also the child run's name and the stage's folder under ``output_dir``.
         command: ``fit`` (any method's YAML), ``evaluate``, ``abtest``, ``redteam`` or ``jailbreak-data``.
-        config: the stage's YAML (as given to ``lightning-post <command> --config``).
+        config: the stage's YAML (as given to ``lightning-post <command> --config``), or a list of them applied in
+            order (a base config and an overlay: ``[configs/sft.yaml, configs/jailbreak_sft.yaml]``).
         args: overrides of that YAML, dotted keys as on the command line (``trainer.max_steps: 5``); the text
             ``{stage_dir}`` in a string value becomes the stage's folder.
         inputs: argument -> earlier stage (``model.init_args.model_name_or_path: sft``); ``stage:output`` picks an
@@ -69,9 +70,13 @@ class Stage:
 
     name: str
     command: str = "fit"
-    config: Optional[str] = None
+    config: Union[str, list[str], None] = None
     args: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def configs(self) -> list[str]:
+        return [] if self.config is None else [self.config] if isinstance(self.config, str) else list(self.config)
 
 
 def _cli_value(value: Any) -> str:
@@ -143,8 +148,9 @@ class Pipeline:
                 raise PipelineError(f"{where}: name must be unique, non-empty and without '/'")
             if st.command not in STAGE_COMMANDS:
                 raise PipelineError(f"{where}: command must be one of {STAGE_COMMANDS}, got {st.command!r}")
-            if st.config is not None and not Path(st.config).is_file():
-                raise PipelineError(f"{where}: config file {st.config} does not exist")
+            for config in st.configs:
+                if not Path(config).is_file():
+                    raise PipelineError(f"{where}: config file {config} does not exist")
             for arg, ref in st.inputs.items():
                 source = ref.split(":")[0]
                 if source not in seen:
@@ -203,7 +209,7 @@ class Pipeline:
             "method": "pipeline", "pipeline.name": self.name, "pipeline.output_dir": str(Path(self.output_dir).resolve()),
             "pipeline.stages": " -> ".join(s.name for s in self.stages), "git_commit": git_commit()})
         for st in self.stages:
-            client.log_param(run.info.run_id, f"stage.{st.name}", f"{st.command} {st.config or ''}".strip()[:500])
+            client.log_param(run.info.run_id, f"stage.{st.name}", " ".join([st.command, *st.configs])[:500])
         return run.info.run_id
 
     # ---------------------------------------------------------------- one stage
@@ -224,7 +230,7 @@ class Pipeline:
         return out
 
     def _fingerprint(self, st: Stage, inputs: dict[str, dict]) -> str:
-        text = Path(st.config).read_text(encoding="utf-8") if st.config else ""
+        text = "\n".join(Path(config).read_text(encoding="utf-8") for config in st.configs)
         spec = {"stage": asdict(st), "config_text": _sha(text),
                 "inputs": {k: [v["run_id"], v["path"]] for k, v in inputs.items()}}
         return _sha(json.dumps(spec, sort_keys=True, default=str))
@@ -232,8 +238,8 @@ class Pipeline:
     def _argv(self, st: Stage, stage_dir: Path, run_id: str, inputs: dict[str, dict]) -> list[str]:
         python = self.python or sys.executable
         argv = [python, "-m", "lightning_post.cli", st.command]
-        if st.config:
-            argv += ["--config", st.config]
+        for config in st.configs:
+            argv += ["--config", config]
         if st.command == "fit":
             argv += [f"--trainer.logger.init_args.tracking_uri={self.tracking_uri}",
                      f"--trainer.logger.init_args.run_id={run_id}",
@@ -332,7 +338,7 @@ class Pipeline:
         stage_dir = Path(self.output_dir).resolve() / st.name
         stage_dir.mkdir(parents=True, exist_ok=True)
         tags = {"mlflow.parentRunId": parent, "pipeline.stage": st.name, "pipeline.index": str(index),
-                "pipeline.command": st.command, "pipeline.config": st.config or ""}
+                "pipeline.command": st.command, "pipeline.config": " ".join(st.configs)}
         tags.update({f"lineage.{arg}": f"{v['stage']} {v['run_id']} {v['path']}" for arg, v in inputs.items()})
         run = client.create_run(client.get_run(parent).info.experiment_id, run_name=st.name, tags=tags)
         run_id = run.info.run_id
@@ -341,7 +347,7 @@ class Pipeline:
         state["stages"][st.name] = record
         self._save_state(state)
         argv = self._argv(st, stage_dir, run_id, inputs)
-        print(f"[pipeline {index}/{len(self.stages)}] {st.name}: {st.command} {st.config or ''} "
+        print(f"[pipeline {index}/{len(self.stages)}] {st.name}: {' '.join([st.command, *st.configs])} "
               f"(run {run_id}; log {stage_dir / 'stage.log'})", flush=True)
         try:
             rc = self._run_process(argv, stage_dir / "stage.log")

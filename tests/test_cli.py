@@ -41,13 +41,22 @@ def test_every_config_prints(tmp_path, monkeypatch):
                 if p.stem.endswith(name.replace("-", "_"))}
     data = {p: p.stem.removeprefix("data_") for p in CONFIGS.glob("data_*.yaml")}
     pipelines = sorted(CONFIGS.glob("*pipeline.yaml"))
-    base = [p for p in sorted(CONFIGS.glob("*.yaml")) if p not in commands and p not in data and p not in pipelines]
+    method_overlays = {CONFIGS / "jailbreak_sft.yaml": CONFIGS / "sft.yaml"}  # overlay -> the config it changes
+    base = [p for p in sorted(CONFIGS.glob("*.yaml"))
+            if p not in commands and p not in data and p not in pipelines and p not in method_overlays]
     assert [p.name for p in pipelines] == ["pipeline.yaml", "safety_pipeline.yaml", "tiny_pipeline.yaml",
                                            "tiny_safety_pipeline.yaml"]
     monkeypatch.chdir(ROOT)  # a pipeline's stage configs are paths from the repository root
     for cfg in pipelines:
         pipe = parse_command("pipeline", ["--config", str(cfg)], {"pipeline": Pipeline})[1]
-        assert {s.config for s in pipe.stages} <= {f"configs/{p.name}" for p in CONFIGS.glob("*.yaml")}, cfg
+        assert {c for s in pipe.stages for c in s.configs} <= {f"configs/{p.name}" for p in CONFIGS.glob("*.yaml")}, cfg
+    for overlay, config in method_overlays.items():  # the overlay's values land on top of its config
+        out = cli(["fit", "--config", str(config), "--config", str(overlay), "--print_config"], tmp_path)
+        printed, wanted = yaml.safe_load(out.stdout), yaml.safe_load(overlay.read_text())
+        assert printed["model"]["init_args"]["optim"]["lr"] == wanted["model"]["init_args"]["optim"]["lr"] != \
+            yaml.safe_load(config.read_text())["model"]["init_args"]["optim"]["lr"], overlay
+        assert printed["data"]["init_args"]["train_files"] == wanted["data"]["init_args"]["train_files"], overlay
+        assert printed["trainer"]["logger"]["init_args"]["experiment_name"] == "jailbreak_sft", overlay
     overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
     assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate",
                                                                 "jailbreak-data", "jailbreak-data", "redteam", "redteam"]

@@ -39,6 +39,7 @@ def test_bad_descriptions_are_refused_before_anything_runs(tmp_path, monkeypatch
           sft], "not an earlier stage"),
         ([sft, sft], "unique"),
         ([{"name": "sft", "config": "configs/nope.yaml"}], "configs/nope.yaml does not exist"),
+        ([{"name": "sft", "config": ["configs/sft.yaml", "configs/nope.yaml"]}], "configs/nope.yaml does not exist"),
         ([{"name": "sft", "command": "train", "config": "configs/tiny.yaml"}], "command must be one of"),
     ]
     for stages, message in cases:
@@ -47,6 +48,30 @@ def test_bad_descriptions_are_refused_before_anything_runs(tmp_path, monkeypatch
     with pytest.raises(PipelineError, match="stop_after: no stage named 'eval'"):
         Pipeline([sft], stop_after="eval")
     assert not (tmp_path / "p").exists()
+
+
+def test_a_stage_with_a_base_config_and_an_overlay(tmp_path, monkeypatch):
+    """``config: [base, overlay]`` passes both to the command in order, and the stage reruns when either changes."""
+    import shutil
+
+    from lightning_post.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    for name in ("sft.yaml", "jailbreak_sft.yaml"):
+        shutil.copy(ROOT / "configs" / name, tmp_path / "configs" / name)
+    pipe = Pipeline([{"name": "defense", "config": ["configs/sft.yaml", "configs/jailbreak_sft.yaml"]}],
+                    output_dir=str(tmp_path / "p"))
+    st = pipe.stages[0]
+    argv = pipe._argv(st, tmp_path / "p" / "defense", "run0", {})
+    assert argv[argv.index("--config"):][:4] == ["--config", "configs/sft.yaml", "--config", "configs/jailbreak_sft.yaml"]
+    before = pipe._fingerprint(st, {})
+    for name in ("jailbreak_sft.yaml", "sft.yaml"):
+        path = tmp_path / "configs" / name
+        path.write_text(path.read_text() + "\n# edited\n")
+        after = pipe._fingerprint(st, {})
+        assert after != before, name
+        before = after
 
 
 @pytest.mark.slow

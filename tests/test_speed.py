@@ -202,7 +202,8 @@ def test_fused_lora_forward_equals_peft():
 # ---- strategies --------------------------------------------------------------------------------------------------
 def test_fsdp_is_refused_and_deepspeed_gets_the_clip_value():
     """Lightning's FSDP1 cannot run the manual backward (Lightning #19685): configure_model stops with a message
-    naming FSDP2Strategy and its overlay. Under DeepSpeed the module's gradient_clip_val goes into the engine's config."""
+    naming FSDP2Strategy and its overlay. Under DeepSpeed the module's gradient_clip_val goes into the engine's
+    config."""
     from types import SimpleNamespace
 
     class FSDPStrategy:  # stands for Lightning's (which refuses to exist without a GPU)
@@ -213,7 +214,8 @@ def test_fsdp_is_refused_and_deepspeed_gets_the_clip_value():
 
     module = SFTModule("tiny-llama", peft=PeftSettings(**LORA), gradient_clip_val=0.5)
     module._trainer = SimpleNamespace(strategy=FSDPStrategy())
-    with pytest.raises(ValueError, match=r"FSDPStrategy \(FSDP1\) cannot train.*#19685.*FSDP2Strategy: configs/strategies/fsdp.yaml"):
+    refusal = r"FSDPStrategy \(FSDP1\) cannot train.*#19685.*FSDP2Strategy: configs/strategies/fsdp.yaml"
+    with pytest.raises(ValueError, match=refusal):
         module.configure_model()
     assert module.model is None
     ds = DeepSpeedStrategy()

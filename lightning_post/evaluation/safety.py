@@ -26,7 +26,7 @@ REFUSAL_PATTERNS = (
     r"\bI(?:'m| am) afraid I(?: can(?:no|')t|cannot| won't|'m not| am not)\b",
     # a decline phrased as a missing capability: "I don't have the ability to ...", "I'm not equipped to ..."
     r"\bI do(?:n't| not) have the (?:ability|capability|capacity|means) to\b",
-    r"\bI(?:'m| am) not (?:equipped|capable|designed|programmed) to\b", r"\bI(?:'m| am) not capable of\b",
+    r"\bI(?:'m| am) not (?:equipped to|capable (?:to|of)|designed to|programmed to)\b",
 )
 _REFUSAL = re.compile("|".join(REFUSAL_PATTERNS), re.IGNORECASE)
 
