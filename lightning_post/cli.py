@@ -9,6 +9,7 @@
     lightning-post jailbreak-data --config configs/jailbreak_data.yaml   (refusal SFT records and DPO pairs)
     lightning-post pipeline --config configs/pipeline.yaml     (sft -> reward -> dpo -> cai -> evaluate -> abtest)
     lightning-post data report --annotations judged.jsonl --output_dir reports/judged   (pairs|label|report|convert)
+    lightning-post runs clean                                  (mark runs whose process is gone KILLED)
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ import json
 import logging
 import os
 import sys
+from typing import Optional
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from lightning_post.callbacks.checkpoint import INTERRUPTED, GracefulStop, check_checkpoint_class
 from lightning_post.callbacks.export import ExportModel
 from lightning_post.callbacks.plots import RunPlots
 from lightning_post.callbacks.samples import GenerationSamples
 from lightning_post.callbacks.scores import ScoreWriter
 from lightning_post.callbacks.test_metrics import TestGenerationMetrics
-from lightning_post.tracking import flatten, git_commit, log_text_artifact, mlflow_logger, set_tags
+from lightning_post.tracking import flatten, git_commit, log_text_artifact, mlflow_logger, process_tags, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class MLflowConfig(SaveConfigCallback):
             "model": getattr(pl_module.hparams, "model_name_or_path", "unknown"),
             "git_commit": git_commit(),
             "stage": getattr(stage, "value", stage),
+            **process_tags(),  # a run whose process is gone is marked KILLED by the next command on the store
+            **({"checkpoint_dir": str(trainer.checkpoint_callback.dirpath)}
+               if getattr(trainer.checkpoint_callback, "dirpath", None) else {}),
         })
         stats = getattr(trainer.datamodule, "stats", {}) or {}
         metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}
@@ -83,6 +89,7 @@ class PostCLI(LightningCLI):
         parser.add_lightning_class_args(RunPlots, "plots")
         parser.add_lightning_class_args(ScoreWriter, "scores")
         parser.add_lightning_class_args(TestGenerationMetrics, "test_metrics")
+        parser.add_lightning_class_args(GracefulStop, "interrupt")
         # the data module tokenises with the model's tokenizer: one value, set once
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer", apply_on="parse")
 
@@ -96,6 +103,17 @@ class PostCLI(LightningCLI):
         init = logger.get("init_args")
         if init is not None and "experiment_name" in init and not init.get("experiment_name"):
             init["experiment_name"] = _method_of(model["class_path"])
+
+    def _parse_ckpt_path(self) -> None:
+        """Before Lightning merges a ``--ckpt_path``'s hyperparameters into the config: refuse a checkpoint that is
+        missing, truncated or of another method, in one line and before any run exists."""
+        if self.config.get("subcommand"):
+            config = self.config[self.config.subcommand]
+            path, model = config.get("ckpt_path"), config.get("model")
+            if path and path not in ("last", "best", "hpc", "registry") and model is not None:
+                init = model.get("init_args") or {}
+                check_checkpoint_class(str(path), model.get("class_path", ""), init.get("model_name_or_path"))
+        super()._parse_ckpt_path()
 
 
 TRAINER_DEFAULTS = {
@@ -127,34 +145,70 @@ def cli_main(args=None, run: bool = True) -> PostCLI:
 COMMANDS = ("evaluate", "abtest", "redteam", "jailbreak-data")
 
 
-def main() -> None:
+def _fail(command: str, message: str) -> None:
+    print(f"lightning-post {command}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``lightning-post <command> ...``: user errors (a bad setting, file, record or output folder) end in one line
+    and exit code 2; a fit stopped by Ctrl-C or SIGTERM exits with 130 after saving."""
+    from lightning_post.config_files import ConfigFileError, check_yaml_file, config_paths
+    from lightning_post.data.records import DataError
+    from lightning_post.errors import ConfigError, OutputError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    INTERRUPTED.clear()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+    command = argv[0] if argv else ""
+    try:
+        for path in config_paths(argv):  # YAML syntax named with its file and line, before any parser reads it
+            check_yaml_file(path)
+        _dispatch(argv)
+    except (ConfigError, DataError, OutputError, ConfigFileError) as e:
+        _fail(command, str(e))
+    except SystemExit as e:
+        if INTERRUPTED.is_set():  # Lightning exits 1 after a second Ctrl-C: the run was still stopped by the user
+            sys.exit(130)
+        raise
+    if INTERRUPTED.is_set():
+        print("lightning-post: stopped by a signal; the checkpoint and the export so far are saved (resume with "
+              "--ckpt_path <run folder>/checkpoints/last.ckpt)", file=sys.stderr)
+        sys.exit(130)
+
+
+def _dispatch(argv: list[str]) -> None:
+    if argv and argv[0] in COMMANDS:
         from lightning_post.evaluation.commands import run_command
 
-        run_command(sys.argv[1], sys.argv[2:])
+        run_command(argv[0], argv[1:])
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "pipeline":
+    if argv and argv[0] == "runs":
+        from lightning_post.tracking import runs_command
+
+        runs_command(argv[1:])
+        return
+    if argv and argv[0] == "pipeline":
         from lightning_post.evaluation.commands import run_command
         from lightning_post.pipeline import Pipeline, PipelineError
 
         try:
-            run_command("pipeline", sys.argv[2:], {"pipeline": Pipeline}, "lightning-post pipeline")
+            run_command("pipeline", argv[1:], {"pipeline": Pipeline}, "lightning-post pipeline")
         except PipelineError as e:
             sys.exit(f"lightning-post pipeline: {e}")
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage was stopped and recorded
             print("lightning-post pipeline: interrupted; run the same command again to resume", file=sys.stderr)
             sys.exit(130)
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "data":
+    if argv and argv[0] == "data":
         from lightning_post.evaluation.commands import run_command
         from lightning_post.quality.commands import DATA_COMMANDS
 
-        if len(sys.argv) < 3 or sys.argv[2] not in DATA_COMMANDS:
+        if len(argv) < 2 or argv[1] not in DATA_COMMANDS:
             sys.exit(f"usage: lightning-post data {{{','.join(DATA_COMMANDS)}}} [--config FILE] [--help]")
-        run_command(sys.argv[2], sys.argv[3:], DATA_COMMANDS)
+        run_command(argv[1], argv[2:], DATA_COMMANDS)
         return
-    cli_main()  # LightningCLI reads sys.argv itself
+    cli_main(argv)
 
 
 if __name__ == "__main__":

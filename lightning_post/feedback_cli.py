@@ -17,10 +17,13 @@ from pathlib import Path
 
 from lightning_post.data.feedback import feedback_report, load_feedback, to_pairs, to_sft, to_unpaired
 from lightning_post.data.records import DataError
-from lightning_post.tracking import log_run, write_folder
+from lightning_post.errors import OutputError
+from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.tracking import log_run
 
 
-def write_outputs(events: list[dict], out_dir: Path, good_rating: float, bad_rating: float, min_rating: float) -> dict:
+def write_outputs(events: list[dict], out_dir: Path, good_rating: float, bad_rating: float, min_rating: float,
+                  overwrite: bool = False) -> dict:
     datasets = {
         "unpaired.jsonl": to_unpaired(events, good_rating, bad_rating),
         "pairs.jsonl": to_pairs(events),
@@ -28,7 +31,7 @@ def write_outputs(events: list[dict], out_dir: Path, good_rating: float, bad_rat
     }
     report = feedback_report(events)
     report["written"] = {name: len(rows) for name, rows in datasets.items()}
-    write_folder(out_dir, {**datasets, "report.json": report})
+    write_folder(out_dir, {**datasets, "report.json": report}, "feedback", overwrite)
     return report
 
 
@@ -43,6 +46,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="+", help="feedback JSON Lines files")
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into an existing --out-dir that holds other files (they are kept)")
     ap.add_argument("--good-rating", type=float, default=4.0, help="mean rating at or above which an answer is desirable")
     ap.add_argument("--bad-rating", type=float, default=2.0, help="mean rating at or below which it is undesirable")
     ap.add_argument("--min-rating", type=float, default=4.5, help="mean rating an answer needs to become SFT data")
@@ -50,13 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument("--experiment", default="feedback")
     ap.add_argument("--no-mlflow", action="store_true", help="do not record the report on MLflow")
     args = ap.parse_args(argv)
+    out = Path(args.out_dir)
     try:
+        check_output_dir(out, "feedback", args.overwrite, "--out-dir")
         events = load_feedback(args.files)
-    except DataError as e:
+    except (DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out_dir)
-    report = write_outputs(events, out, args.good_rating, args.bad_rating, args.min_rating)
+    report = write_outputs(events, out, args.good_rating, args.bad_rating, args.min_rating, args.overwrite)
     print(json.dumps({k: v for k, v in report.items() if k != "rating_distribution"}, indent=1))
     if not args.no_mlflow:
         if args.tracking_uri.startswith("sqlite:///mlruns/"):  # the default store: its folder must exist

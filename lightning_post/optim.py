@@ -79,6 +79,25 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
     return SCHEDULES[schedule](progress, min_ratio)
 
 
+def check_optim_settings(s: OptimSettings, prefix: str = "model.optim") -> None:
+    """Refuse settings that cannot train, naming the setting (called by the module's constructor, before any run;
+    torch's own message for a negative rate names no setting)."""
+    from lightning_post.errors import ConfigError
+
+    if s.name not in OPTIMIZERS:
+        raise ConfigError(f"{prefix}.name", f"unknown optimizer {s.name!r}; choose one of {sorted(OPTIMIZERS)}")
+    if s.schedule not in SCHEDULES:
+        raise ConfigError(f"{prefix}.schedule", f"unknown schedule {s.schedule!r}; choose one of {sorted(SCHEDULES)}")
+    checks = [("lr", s.lr > 0, "> 0"), ("weight_decay", s.weight_decay >= 0, ">= 0"),
+              ("eps", s.eps > 0, "> 0"), ("momentum", s.momentum >= 0, ">= 0"),
+              ("warmup_steps", s.warmup_steps >= 0, ">= 0"), ("min_lr_ratio", 0 <= s.min_lr_ratio <= 1, "in [0, 1]")]
+    for name, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{prefix}.{name}", f"must be {rule}, got {getattr(s, name)}")
+    if len(s.betas) != 2 or not all(0 <= b < 1 for b in s.betas):
+        raise ConfigError(f"{prefix}.betas", f"must be two numbers in [0, 1), got {list(s.betas)}")
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimSettings, total_steps: int):
     """The optimizer and a per-step ``LambdaLR`` for ``settings``."""
     if settings.name not in OPTIMIZERS:

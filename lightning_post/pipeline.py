@@ -34,6 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from lightning_post.errors import OutputError
+from lightning_post.outputs import child_dir, refuse_protected
+
 log = logging.getLogger(__name__)
 
 #: what a stage can run; fit stages accept every method's YAML
@@ -41,6 +44,16 @@ STAGE_COMMANDS = ("fit", "evaluate", "abtest", "redteam", "jailbreak-data")
 #: the output a bare stage name refers to in ``inputs``
 DEFAULT_OUTPUT = {"fit": "model", "evaluate": "report", "abtest": "report", "redteam": "redteam_set",
                   "jailbreak-data": "pairs"}
+
+
+def _stop_with_parent() -> None:
+    """In a stage's process, before it starts: ask the kernel for SIGTERM when the pipeline process dies."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _raise_interrupt(signum, frame):
@@ -141,11 +154,19 @@ class Pipeline:
     def _validate(self) -> None:
         if not self.stages:
             raise PipelineError("the pipeline has no stages")
+        try:
+            refuse_protected(Path(self.output_dir), "output_dir")
+        except OutputError as e:
+            raise PipelineError(str(e)) from None
         seen: dict[str, Stage] = {}
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.name!r})"
-            if not st.name or "/" in st.name or st.name in seen:
-                raise PipelineError(f"{where}: name must be unique, non-empty and without '/'")
+            try:  # the name is a folder under output_dir: '..' or 'a/b' would write outside it
+                child_dir(self.output_dir, st.name, f"{where}: name")
+            except OutputError as e:
+                raise PipelineError(str(e)) from None
+            if st.name in seen:
+                raise PipelineError(f"{where}: name must be unique")
             if st.command not in STAGE_COMMANDS:
                 raise PipelineError(f"{where}: command must be one of {STAGE_COMMANDS}, got {st.command!r}")
             for config in st.configs:
@@ -166,9 +187,18 @@ class Pipeline:
         return Path(self.output_dir) / "state.json"
 
     def _load_state(self) -> dict:
-        if self._state_file.exists():
-            return json.loads(self._state_file.read_text(encoding="utf-8"))
-        return {"parent_run_id": None, "stages": {}}
+        if not self._state_file.exists():
+            return {"parent_run_id": None, "stages": {}}
+        try:
+            state = json.loads(self._state_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            state, problem = None, str(e)
+        else:
+            problem = "not a pipeline state (no 'stages' object)"
+        if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+            raise PipelineError(f"{self._state_file}: corrupt ({problem}); restore it, or delete it to run every "
+                                "stage again")
+        return state
 
     def _save_state(self, state: dict) -> None:
         tmp = self._state_file.with_suffix(".json.tmp")
@@ -256,21 +286,39 @@ class Pipeline:
         return argv
 
     def _run_process(self, argv: list[str], log_file: Path) -> int:
-        """Run a stage's process, its output both on the console and in ``stage.log``."""
+        """Run a stage's process, its output both on the console and in ``stage.log``.
+
+        The process writes ``stage.log`` itself and the pipeline follows the file to the console, so its output
+        reaches the log even when the pipeline is gone; when the pipeline dies (even by ``kill -9``) the stage gets
+        SIGTERM (Linux ``PR_SET_PDEATHSIG``) and stops like on Ctrl-C, with a checkpoint, instead of running on
+        orphaned.
+        """
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log_file, "ab") as sink:
             sink.write(f"$ {shlex.join(argv)}\n".encode())
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+            sink.flush()
+            start = sink.tell()
+            proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=_stop_with_parent if sys.platform.startswith("linux") else None)
+        with open(log_file, "rb") as follow:
+            follow.seek(start)
             try:
-                for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-                    sink.write(chunk)
-                return proc.wait()
+                while True:
+                    chunk = follow.read(65536)
+                    if chunk:
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
+                    elif proc.poll() is not None:
+                        rest = follow.read()
+                        sys.stdout.buffer.write(rest)
+                        sys.stdout.flush()
+                        return proc.returncode
+                    else:
+                        time.sleep(0.1)
             except BaseException:  # Ctrl-C or a kill of the pipeline: stop the stage too
                 proc.terminate()
                 try:
-                    proc.wait(timeout=30)
+                    proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 raise
@@ -319,23 +367,23 @@ class Pipeline:
                 self._run_stage(client, parent, state, st, i, inputs, fingerprint)
                 if st.name == self.stop_after:
                     break
+            self._log_summary(client, parent, state)
         except KeyboardInterrupt:
             client.set_terminated(parent, status="KILLED")
             raise
-        except PipelineError:
+        except BaseException:  # a failed stage, or a fault of the pipeline itself: the parent run is not left RUNNING
             client.set_terminated(parent, status="FAILED")
             raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        self._log_summary(client, parent, state)
         client.set_terminated(parent, status="FINISHED")
         print(f"[pipeline] finished: parent run {parent}; state in {self._state_file}", flush=True)
         return state
 
     def _run_stage(self, client, parent: str, state: dict, st: Stage, index: int, inputs: dict[str, dict],
                    fingerprint: str) -> None:
-        stage_dir = Path(self.output_dir).resolve() / st.name
+        stage_dir = child_dir(Path(self.output_dir).resolve(), st.name, "stage name")
         stage_dir.mkdir(parents=True, exist_ok=True)
         tags = {"mlflow.parentRunId": parent, "pipeline.stage": st.name, "pipeline.index": str(index),
                 "pipeline.command": st.command, "pipeline.config": " ".join(st.configs)}

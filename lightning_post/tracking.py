@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.loggers import MLFlowLogger
+
+from lightning_post.outputs import output_files
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class MLflowLogger(MLFlowLogger):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if "://" not in artifact_location:
             artifact_location = Path(artifact_location).resolve().as_uri()
+        check_store_writable(tracking_uri, artifact_location)
+        mark_stale_runs(tracking_uri)
         super().__init__(
             experiment_name=experiment_name or "default",
             run_name=run_name,
@@ -48,7 +51,100 @@ class MLflowLogger(MLFlowLogger):
             tags=tags,
             run_id=run_id,
         )
+        #: set by :class:`~lightning_post.callbacks.checkpoint.GracefulStop` when a signal stopped the fit
+        self.interrupted = False
 
+    def finalize(self, status: str = "success") -> None:
+        """End the run: ``KILLED`` after a stop by SIGINT/SIGTERM, else Lightning's ``FINISHED``/``FAILED``."""
+        super().finalize("KILLED" if self.interrupted else status)
+
+
+
+def _local_path(uri: str) -> Optional[Path]:
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    return None if "://" in uri else Path(uri)
+
+
+def check_store_writable(tracking_uri: str, artifact_location: Optional[str] = None) -> None:
+    """Refuse a local MLflow store or artifact folder that this user cannot write, before a run starts (MLflow itself
+    retries a read-only SQLite file for minutes before it fails)."""
+    from lightning_post.errors import ConfigError
+
+    for setting, uri in (("tracking_uri", tracking_uri), ("artifact_location", artifact_location)):
+        path = _local_path(uri) if uri else None
+        if path is None:
+            continue
+        probe = path if path.exists() else next((p for p in path.parents if p.exists()), None)
+        if probe is not None and not os.access(probe, os.W_OK):
+            raise ConfigError(setting, f"{probe} is not writable by this user; choose another MLflow store "
+                                       f"(e.g. --trainer.logger.init_args.{setting}=...)")
+
+
+#: tags that tie a RUNNING run to the process writing it, so that a run left RUNNING by ``kill -9`` can be found
+PID_TAG, START_TAG, HOST_TAG = "lightning_post.pid", "lightning_post.pid_start", "lightning_post.host"
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of process ``pid`` (``/proc/<pid>/stat`` field 22), or ``None`` where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process: its pid, start time and host."""
+    import socket
+
+    pid = os.getpid()
+    return {PID_TAG: str(pid), START_TAG: _start_time(pid) or "", HOST_TAG: socket.gethostname()}
+
+
+def _alive(tags: dict) -> bool:
+    import socket
+
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return True  # another machine's process: it cannot be checked from here
+    pid = int(tags[PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    started = tags.get(START_TAG)
+    return not started or _start_time(pid) in (None, started)  # a reused pid belongs to another process
+
+
+def mark_stale_runs(tracking_uri: str) -> list[str]:
+    """Mark ``KILLED`` every RUNNING run of this machine whose process is gone (a ``kill -9``, a power cut); returns
+    their ids. Runs without our process tags are left alone. Called before each fit and by ``lightning-post runs
+    clean``."""
+    path = _local_path(tracking_uri)
+    if path is not None and tracking_uri.startswith("sqlite:///") and not path.exists():
+        return []  # no store yet: nothing to clean (and creating its tables here would cost seconds)
+    import mlflow
+    from mlflow.entities import ViewType
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    stale = []
+    try:
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        runs = client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000) if experiments else []
+    except Exception as e:  # an unreadable store is reported by the run itself, with MLflow's message
+        log.debug("could not look for stale runs in %s: %s", tracking_uri, e)
+        return []
+    for run in runs:
+        if PID_TAG in run.data.tags and not _alive(run.data.tags):
+            client.set_tag(run.info.run_id, "lightning_post.stale", "its process ended without closing the run")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            stale.append(run.info.run_id)
+    if stale:
+        log.warning("marked %d run(s) KILLED whose process is gone: %s", len(stale), ", ".join(stale))
+    return stale
 
 
 def set_tags(logger: MLFlowLogger, tags: dict[str, Any]) -> None:
@@ -109,30 +205,6 @@ def mlflow_logger(trainer) -> Optional[MLFlowLogger]:
     return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
 
 
-def write_folder(out_dir: Path, files: dict[str, Any]) -> None:
-    """Write ``{name: value}`` into a temporary folder, then move it to ``out_dir``. A ``.jsonl`` name takes a list of
-    rows, a string is written as text, a matplotlib figure as an image, anything else as JSON; names may hold
-    sub-folders (``plots/bias.png``)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        for name, value in files.items():
-            target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if hasattr(value, "savefig"):
-                value.savefig(target, dpi=110)
-                continue
-            text = value if isinstance(value, str) else \
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
-                else json.dumps(value, indent=1, ensure_ascii=False)
-            target.write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: dict, params: dict,
             metrics: dict[str, float], out_dir: Path, plots: Optional[dict[str, Any]] = None,
             run_id: Optional[str] = None) -> str:
@@ -157,12 +229,23 @@ def log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: d
     for k, v in metrics.items():
         if isinstance(v, (int, float)) and v == v:
             client.log_metric(run.info.run_id, k, float(v))
-    for path in sorted(out_dir.iterdir()):
-        if path.is_dir():
-            client.log_artifacts(run.info.run_id, str(path), path.name)
-        else:
-            client.log_artifact(run.info.run_id, str(path))
+    for path in output_files(out_dir):  # what the command wrote, not a user's files beside it
+        folder = path.parent.relative_to(out_dir).as_posix()
+        client.log_artifact(run.info.run_id, str(path), None if folder == "." else folder)
     for name, fig in (plots or {}).items():
         client.log_figure(run.info.run_id, fig, f"plots/{name}.png")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def runs_command(argv: list[str]) -> None:
+    """``lightning-post runs clean [--tracking_uri URI]``: mark ``KILLED`` the RUNNING runs of this machine whose
+    process is gone (``kill -9``, a power cut); each ``fit`` does the same on its store before it starts."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lightning-post runs", description=runs_command.__doc__)
+    ap.add_argument("action", choices=["clean"])
+    ap.add_argument("--tracking_uri", default=DEFAULT_TRACKING_URI)
+    args = ap.parse_args(argv)
+    stale = mark_stale_runs(args.tracking_uri)
+    print(f"{len(stale)} stale run(s) marked KILLED" + (f": {', '.join(stale)}" if stale else ""))

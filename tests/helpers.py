@@ -28,3 +28,15 @@ class ParameterChecksum(L.Callback):
         self.path.mkdir(parents=True, exist_ok=True)
         out = {"step": trainer.global_step, "start": self.start, "sum": self._sum(pl_module)}
         (self.path / f"rank{trainer.global_rank}.json").write_text(json.dumps(out))
+
+
+class SlowSteps(L.Callback):
+    """Sleep after every optimizer step, so that a test can signal or kill a fit of the tiny model mid-way."""
+
+    def __init__(self, seconds: float = 0.5):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, *args):
+        import time
+
+        time.sleep(self.seconds)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Optional
 
 import lightning as L
 
+from lightning_post.outputs import check_output_dir, replace_subfolder
 from lightning_post.tracking import mlflow_logger, set_tags
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,8 @@ def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapt
     Adapters that cannot be merged (prefix tuning, bottleneck) are exported as ``out/adapter`` only; a bottleneck
     folder loads, base and adapters, wherever a model path is accepted.
 
-    Each folder is written under a temporary name and renamed into place, so a crash never leaves half an export.
+    Each folder is written under a temporary name and renamed into place, so a crash never leaves half an export;
+    an existing ``model`` or ``adapter`` folder is replaced only when an earlier export wrote it (a marker in ``out``).
     """
     from lightning_post.models.peft import can_merge, save_bottleneck
 
@@ -40,17 +40,11 @@ def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapt
     written: dict[str, str] = {}
 
     def _write(name: str, save) -> None:
-        final = out / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out))
-        try:
-            save(tmp)
-            tokenizer.save_pretrained(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        written[name] = str(final.resolve())
+        def save_with_tokenizer(d: Path) -> None:
+            save(d)
+            tokenizer.save_pretrained(d)
+
+        written[name] = str(replace_subfolder(out, name, save_with_tokenizer, "export").resolve())
 
     if hasattr(model, "bottleneck_size"):  # our adapters: saved alone, loaded on their base by load_causal_lm
         _write("adapter", lambda d: save_bottleneck(model, d, module.hparams.model_name_or_path))
@@ -107,6 +101,8 @@ class ExportModel(L.Callback):
         """
         self.dirpath, self.merge_adapters, self.save_adapter, self.enabled = dirpath, merge_adapters, save_adapter, enabled
         self.log_model = log_model
+        if enabled and dirpath:  # before training: a folder of someone else's is refused now, not after the fit
+            check_output_dir(dirpath, "export", setting="export.dirpath")
         self.written: dict[str, str] = {}
         self.model_id: Optional[str] = None
 

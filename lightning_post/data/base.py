@@ -41,6 +41,39 @@ class PostDataModule(L.LightningDataModule, abc.ABC):
         self.splits: dict[str, Rows] = {}
         self.safety_report: dict = {}
 
+    #: smallest ``max_length`` that holds a chat template's markers, a short prompt and an answer
+    MIN_LENGTH = 16
+
+    def check_settings(self) -> None:
+        """Refuse knobs that cannot work, named as in the YAML, at construction (before the MLflow run exists):
+        subclasses call it after ``save_hyperparameters``. A file list that names a missing file is refused too
+        (``null`` = the bundled default)."""
+        from pathlib import Path
+
+        from lightning_post.errors import ConfigError
+
+        hp = self.hparams
+        rules = {"batch_size": (1, "an optimizer step needs rows"), "eval_batch_size": (1, None),
+                 "generation_batch_size": (1, None), "num_workers": (0, None), "max_prompt_length": (1, None),
+                 "max_length": (self.MIN_LENGTH, "a shorter row cannot hold a chat template, a prompt and an answer"),
+                 "val_size": (0, None)}
+        for name, (low, why) in rules.items():
+            value = hp.get(name)
+            if value is not None and value < low:
+                raise ConfigError(f"data.{name}", f"must be >= {low}, got {value}" + (f" ({why})" if why else ""))
+        fraction = hp.get("val_fraction")
+        if fraction is not None and not 0 <= fraction < 1:
+            raise ConfigError("data.val_fraction", f"must be in [0, 1) (a share of the training records), got {fraction}")
+        if hp.get("max_prompt_length") and hp.get("max_length") and hp["max_prompt_length"] >= hp["max_length"]:
+            raise ConfigError("data.max_prompt_length", f"must be below max_length ({hp['max_length']}) to leave room "
+                                                        f"for the reply, got {hp['max_prompt_length']}")
+        for name, value in hp.items():
+            if not name.endswith("_files") or value is None:
+                continue
+            for path in [value] if isinstance(value, str) else value:
+                if isinstance(path, str) and not Path(path).exists():
+                    raise ConfigError(f"data.{name}", f"file {path} does not exist")
+
     def safety_filtered(self, splits: dict) -> dict:
         """``splits`` (split -> normalised records) after the ``safety_filter`` hyperparameter, if set; the report
         (counts by reason, a sample of removed records) is kept in ``self.safety_report`` for MLflow."""

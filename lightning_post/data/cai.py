@@ -113,6 +113,7 @@ class CAIDataModule(InstructionDataModule):
         super().__init__(None, None, None, val_fraction, template, tokenizer, max_length, truncation, packing,
                          batch_size, eval_batch_size, shuffle, seed, num_workers)
         self.save_hyperparameters()
+        self.check_settings()
         self.items: Optional[list[dict]] = None
         self.invalid: list[DataError] = []
 

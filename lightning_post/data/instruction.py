@@ -78,6 +78,7 @@ class InstructionDataModule(PostDataModule):
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
+        self.check_settings()
         check_template(template)
         if truncation not in ("right", "drop"):
             raise ValueError(f"unknown truncation {truncation!r}; choose 'right' or 'drop'")

@@ -133,6 +133,7 @@ class MultiTaskDataModule(PostDataModule):
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
+        self.check_settings()
         self.tasks = [TaskConfig(**t) if isinstance(t, dict) else t for t in tasks]
         self.stages = [CurriculumStage(**s) if isinstance(s, dict) else s for s in curriculum or []]
         names = [t.name for t in self.tasks]

@@ -139,6 +139,7 @@ class PromptDataModule(PostDataModule):
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
+        self.check_settings()
         check_template(template)
         if max_prompt_length < 8:
             raise ValueError(f"max_prompt_length must be at least 8, got {max_prompt_length}")

@@ -148,6 +148,7 @@ class UnpairedDataModule(PostDataModule):
         """
         super().__init__(tokenizer)
         self.save_hyperparameters()
+        self.check_settings()
         check_template(template)
         if not 0 < min_prompt_length < max_length:
             raise ValueError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")

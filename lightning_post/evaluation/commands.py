@@ -25,9 +25,11 @@ from lightning_post.evaluation.safety import (
     read_crows_pairs,
 )
 from lightning_post.evaluation.text_metrics import BertScorer, text_metrics
+from lightning_post.errors import ConfigError, OutputError
 from lightning_post.generation import ChatGenerator
 from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.tracking import log_run, write_folder
+from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +224,7 @@ class Evaluate(_Command):
         dtype: str = "float32",
         device: Optional[str] = None,
         output_dir: str = "mlruns/evaluate/latest",
+        overwrite: bool = False,
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "evaluate",
         run_name: Optional[str] = None,
@@ -259,6 +262,8 @@ class Evaluate(_Command):
             dtype: parameter dtype of the evaluated model.
             device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
             output_dir: folder of ``report.json`` and ``answers.jsonl`` (replaced when the evaluation completes).
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
+                are kept; only files of an earlier output of the same command are replaced).
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name (``null`` = generated).
@@ -278,7 +283,8 @@ class Evaluate(_Command):
         from lightning_post.data.instruction import default_instruction_file
 
         torch.manual_seed(self.seed)
-        # 1. inputs are validated before any model is loaded
+        # 1. inputs (and the output folder) are validated before any model is loaded
+        check_output_dir(self.output_dir, "evaluate", self.overwrite)
         prompts = load_eval_prompts(self.prompts or default_instruction_file(), self.max_prompts,
                                     self.reference_field, self.baseline_field)
         mc = [r for f in ([default_mc_file()] if self.mc_files is None else self.mc_files) for r in load_mc(f)]
@@ -329,7 +335,8 @@ class Evaluate(_Command):
         report["safety"] = safety
         # 7. outputs and the MLflow run
         out = Path(self.output_dir)
-        write_folder(out, {"report.json": report, "answers.jsonl": rows, "safety_answers.jsonl": safety_rows})
+        write_folder(out, {"report.json": report, "answers.jsonl": rows, "safety_answers.jsonl": safety_rows},
+                     "evaluate", self.overwrite)
         plots = {}
         if "text" in report:
             plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()}, "score")
@@ -383,6 +390,7 @@ class ABTest(_Command):
         dtype: str = "float32",
         device: Optional[str] = None,
         output_dir: str = "mlruns/abtest/latest",
+        overwrite: bool = False,
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "abtest",
         run_name: Optional[str] = None,
@@ -414,6 +422,8 @@ class ABTest(_Command):
             dtype: parameter dtype of both models.
             device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
             output_dir: folder of ``report.json`` and ``verdicts.jsonl``.
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
+                are kept; only files of an earlier output of the same command are replaced).
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name.
@@ -441,6 +451,7 @@ class ABTest(_Command):
         from lightning_post.data.instruction import default_instruction_file
 
         torch.manual_seed(self.seed)
+        check_output_dir(self.output_dir, "abtest", self.overwrite)
         prompts = [p["prompt"] for p in load_eval_prompts(self.prompts or default_instruction_file(),
                                                           self.max_prompts, None, None)]
         human = self._annotations(len(prompts)) if self.annotations else None
@@ -471,7 +482,7 @@ class ABTest(_Command):
         rows = [{"index": i, "prompt": p[-1]["content"], "answer_a": a, "answer_b": b, **v}
                 for i, (p, a, b, v) in enumerate(zip(prompts, answers["A"], answers["B"], verdicts))]
         out = Path(self.output_dir)
-        write_folder(out, {"report.json": report, "verdicts.jsonl": rows})
+        write_folder(out, {"report.json": report, "verdicts.jsonl": rows}, "abtest", self.overwrite)
         plots = {"verdicts": _bar("verdicts (B = candidate)", {"B wins": stats["wins"], "tie": stats["ties"],
                                                                 "A wins": stats["losses"]}, "prompts", None)}
         shared = [k for k in ("refusal_rate", "jailbreak_refusal_rate", "pii_answer_rate") if k in safety["A"]]
@@ -513,7 +524,10 @@ def parse_command(name: str, argv: list[str], classes: Optional[dict] = None, pr
     cfg = parser.parse_args(argv).as_dict()
     cfg.pop("config", None)
     cfg.pop("__path__", None)
-    return parser, cls(**cfg)
+    try:
+        return parser, cls(**cfg)
+    except ValueError as e:  # the constructors check their settings: ConfigError, OutputError, a bad choice
+        parser.error(str(e))
 
 
 def run_command(name: str, argv: list[str], classes: Optional[dict] = None, prog: Optional[str] = None) -> dict:
@@ -521,5 +535,5 @@ def run_command(name: str, argv: list[str], classes: Optional[dict] = None, prog
     parser, command = parse_command(name, argv, classes, prog)
     try:
         return command.run()
-    except DataError as e:
+    except (DataError, ConfigError, OutputError) as e:
         parser.error(str(e))

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import random
 import time
+from pathlib import Path
 from typing import Optional
 
 import lightning as L
@@ -28,11 +29,13 @@ from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.sft import linear_cross_entropy, token_cross_entropy
 from lightning_post.generation import generate_from_ids
 from lightning_post.models.attention import VARLEN_ATTENTION, repad, unpad, varlen_kwargs
-from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
+from lightning_post.errors import ConfigError
+from lightning_post.models import loading, peft as peft_lib
+from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
 from lightning_post.models.peft import (
     PeftSettings, apply_peft, count_parameters, is_prompt_learning, quantization_config, unwrap_peft,
 )
-from lightning_post.optim import OptimSettings, build_optimizer
+from lightning_post.optim import OptimSettings, build_optimizer, check_optim_settings
 from lightning_post.strategies import (
     FSDP2Strategy, TiedHead, all_reduce_replicated, clip_sharded_grads, shard_decoder,
 )
@@ -62,15 +65,32 @@ class PostTrainingModule(L.LightningModule):
         gradient_clip_val: Optional[float] = 1.0,
     ):
         super().__init__()
+        # settings are checked here, before the MLflow run exists: a wrong one costs no FAILED run
+        loading.check_model_source(model_name_or_path)
+        loading.check_dtype(dtype)
+        loading.check_attention(attn_implementation)
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ConfigError("model.micro_batch_size", f"must be >= 1 or null (the whole batch), got {micro_batch_size}")
+        if gradient_clip_val is not None and gradient_clip_val <= 0:
+            raise ConfigError("model.gradient_clip_val", f"must be > 0 or null (no clipping), got {gradient_clip_val}")
         self.save_hyperparameters(logger=False)
         # typed settings for the code; plain dicts in hparams, so checkpoints load with weights_only=True
         self.peft = PeftSettings(**peft) if isinstance(peft, dict) else peft
         self.optim = OptimSettings(**optim) if isinstance(optim, dict) else optim
+        peft_lib.check_peft_settings(self.peft)
+        check_optim_settings(self.optim)
+        for name, ok, rule in self.setting_rules():  # the subclass's own knobs (hparams holds every init argument)
+            if not ok:
+                raise ConfigError(f"model.{name}", f"must be {rule}, got {self.hparams.get(name)}")
         self.hparams["peft"] = dataclasses.asdict(self.peft) if self.peft is not None else None
         self.hparams["optim"] = dataclasses.asdict(self.optim)
         self.automatic_optimization = False
         self.model: Optional[torch.nn.Module] = None
         self.tokenizer = None
+
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        """``(setting, holds, rule)`` for the method's own knobs, checked at construction (before any run)."""
+        return []
 
     # ---- model -------------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -146,7 +166,36 @@ class PostTrainingModule(L.LightningModule):
         if self.logger is not None:
             self.logger.log_hyperparams({"params/trainable": trainable, "params/total": total})
 
+    def prepare_data(self) -> None:
+        """Everything that can fail on the user's settings or data, before the MLflow run exists (Lightning calls
+        this hook, on one process per node, before it creates the run in ``setup``): :meth:`preflight`, then the
+        data module's ``setup``, so that data problems found only while tokenising (nothing left after truncation,
+        every pair identical) cost no FAILED run either. Its later ``setup`` call finds the splits built."""
+        self.preflight()
+        self.setup_data_now()
+
+    def setup_data_now(self) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None:
+            fn = self.trainer.state.fn
+            dm.setup(getattr(fn, "value", fn))
+
+    def preflight(self) -> None:
+        """Checks that need the model's files: the model source resolves (an alias is converted once per machine)
+        and every PEFT target module exists in its architecture, built on the meta device (no weights are read)."""
+        hp = self.hparams
+        path = resolve_model_path(hp.model_name_or_path)
+        if self.peft is not None and (Path(path) / "config.json").is_file():
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            config = AutoConfig.from_pretrained(path, trust_remote_code=hp.trust_remote_code)
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=hp.trust_remote_code)
+            peft_lib.check_target_modules(skeleton, self.peft)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the class that wrote it: `--ckpt_path` with another method's config is refused before anything loads
+        checkpoint["lightning_post"] = {"class": f"{type(self).__module__}.{type(self).__qualname__}"}
         if self.peft is not None:
             trainable = {n for n, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

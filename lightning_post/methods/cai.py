@@ -112,7 +112,17 @@ class CAIModule(SFTModule):
         self.constitution = load_constitution(constitution, language)  # a bad file fails before any work
         self.demos = load_few_shot(few_shot, few_shot_examples) if few_shot else []
 
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        hp = self.hparams
+        return [("rounds", hp.rounds >= 1, ">= 1"), ("revision_threshold", 0 <= hp.revision_threshold <= 1, "in [0, 1]"),
+                ("max_new_tokens", hp.max_new_tokens >= 1, ">= 1"), ("temperature", hp.temperature >= 0, ">= 0"),
+                ("top_p", 0 < hp.top_p <= 1, "in (0, 1]"), ("max_prompt_length", hp.max_prompt_length >= 1, ">= 1"),
+                ("feedback_temperature", hp.feedback_temperature > 0, "> 0"),
+                ("few_shot_examples", hp.few_shot_examples is None or hp.few_shot_examples >= 0, ">= 0 or null"),
+                ("logits_chunk_size", hp.logits_chunk_size >= 1, ">= 1")]
+
     # ---- generation ------------------------------------------------------------------------------------------
+
     def generator(self) -> ChatGenerator:
         hp = self.hparams
         dm = self.trainer.datamodule
@@ -139,7 +149,9 @@ class CAIModule(SFTModule):
 
     def prepare_data(self) -> None:
         """Before fit (one process per node): generate what ``revisions.jsonl`` lacks, then SL-CAI trains on it."""
+        self.preflight()  # the model and PEFT checks first
         if self.trainer.state.fn != "fit":
+            self.setup_data_now()
             return
         dm = self.trainer.datamodule
         pending = dm.pending(dm.revisions)
@@ -148,14 +160,15 @@ class CAIModule(SFTModule):
             pending += [it for it in dm.pending(dm.feedback) if it["id"] not in ids]
         if not pending:
             log.info("every prompt already has its records in %s", dm.revisions.path.parent)
-            return
-        self.configure_model()
-        self.model.to(self.trainer.strategy.root_device)
-        torch.manual_seed(self.hparams.seed)
-        size = dm.hparams.generation_batch_size
-        for start in tqdm(range(0, len(pending), size), desc="Constitutional AI", unit="batch"):
-            self.generate_records(pending[start: start + size])
-        log.info("Constitutional AI: %d prompts generated into %s", len(pending), dm.revisions.path.parent)
+        else:
+            self.configure_model()
+            self.model.to(self.trainer.strategy.root_device)
+            torch.manual_seed(self.hparams.seed)
+            size = dm.hparams.generation_batch_size
+            for start in tqdm(range(0, len(pending), size), desc="Constitutional AI", unit="batch"):
+                self.generate_records(pending[start: start + size])
+            log.info("Constitutional AI: %d prompts generated into %s", len(pending), dm.revisions.path.parent)
+        self.setup_data_now()  # SL-CAI's training data: the revisions just written
 
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
         return self.generate_records(batch)

@@ -143,7 +143,20 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
         self.val_policy, self.val_ref, self.val_counts = self.val_logps  # registered as children (device, sync)
         self.test_policy, self.test_ref, self.test_counts = self.test_logps
 
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        hp = self.hparams
+        types = [hp.loss_type] if isinstance(hp.loss_type, str) else list(hp.loss_type)
+        return [("beta", hp.beta > 0, "> 0 (a negative beta trains toward the rejected replies)"),
+                ("label_smoothing", 0 <= hp.label_smoothing < 0.5, "in [0, 0.5)"),
+                ("simpo_gamma", hp.simpo_gamma >= 0, ">= 0"), ("discopop_tau", hp.discopop_tau > 0, "> 0"),
+                ("rpo_alpha", hp.rpo_alpha is None or hp.rpo_alpha >= 0, ">= 0 or null"),
+                ("loss_type", bool(types), "a loss name or a non-empty list of them"),
+                ("loss_weights", hp.loss_weights is None or (len(hp.loss_weights) == len(types)
+                                                             and all(w >= 0 for w in hp.loss_weights)),
+                 f"null or {len(types)} weights >= 0 (one per loss_type)")]
+
     # ---- reference ---------------------------------------------------------------------------------------------
+
     def configure_model(self) -> None:
         if self.model is not None:
             return

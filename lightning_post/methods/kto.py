@@ -94,6 +94,11 @@ class KTOModule(ReferenceModelMixin, AccumulatingModule):
         for n, m in self.pair_sums.items():
             setattr(self, f"val_pairs_{n}", m)
 
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        hp = self.hparams
+        return [("beta", hp.beta > 0, "> 0"), ("desirable_weight", hp.desirable_weight > 0, "> 0"),
+                ("undesirable_weight", hp.undesirable_weight > 0, "> 0")]
+
     def configure_model(self) -> None:
         if self.model is not None:
             return

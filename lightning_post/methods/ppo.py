@@ -194,6 +194,18 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         self.val_eos = SumMetric()
         self._val_rows: list[dict] = []
 
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        hp = self.hparams
+        return [("samples_per_prompt", hp.samples_per_prompt >= 1, ">= 1"),
+                ("max_new_tokens", hp.max_new_tokens >= 1, ">= 1"), ("temperature", hp.temperature > 0, "> 0"),
+                ("top_p", 0 < hp.top_p <= 1, "in (0, 1]"), ("kl_coef", hp.kl_coef >= 0, ">= 0"),
+                ("target_kl", hp.target_kl is None or hp.target_kl > 0, "> 0 or null"),
+                ("kl_horizon", hp.kl_horizon >= 1, ">= 1"), ("gamma", 0 <= hp.gamma <= 1, "in [0, 1]"),
+                ("lam", 0 <= hp.lam <= 1, "in [0, 1]"), ("cliprange", hp.cliprange > 0, "> 0"),
+                ("cliprange_value", hp.cliprange_value > 0, "> 0"), ("vf_coef", hp.vf_coef >= 0, ">= 0"),
+                ("ppo_epochs", hp.ppo_epochs >= 1, ">= 1"), ("num_minibatches", hp.num_minibatches >= 1, ">= 1"),
+                ("log_rollouts_every_n_steps", hp.log_rollouts_every_n_steps >= 1, ">= 1")]
+
     @property
     def uses_critic(self) -> bool:
         return self.hparams.estimator == "gae"

@@ -86,6 +86,9 @@ class RewardModule(AccumulatingModule):
         self.val_chosen, self.val_rejected = self.val_rewards  # registered as children for device moves and DDP
         self.test_chosen, self.test_rejected = self.test_rewards
 
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        return [("center_coef", self.hparams.center_coef >= 0, ">= 0")]
+
     def load_backbone(self) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 

@@ -71,6 +71,11 @@ class SFTModule(AccumulatingModule):
         self._task_loss: dict[str, list[torch.Tensor]] = {}  # stage -> [summed token loss, tokens] per task
         self.task_seen: Optional[torch.Tensor] = None  # rows trained on per task, since the start of the run
 
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        hp = self.hparams
+        return [("exact_match_max_new_tokens", hp.exact_match_max_new_tokens >= 1, ">= 1"),
+                ("logits_chunk_size", hp.logits_chunk_size >= 1, ">= 1")]
+
     def response_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N, V)`` at the N positions whose next token is a response token, and those tokens ``(N,)``."""
         hidden, targets, _ = self.labelled_hidden(batch)  # (N, H), (N,)

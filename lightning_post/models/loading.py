@@ -14,7 +14,6 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -121,7 +120,9 @@ def resolve_model_path(model_name_or_path: str) -> str:
             target.parent.mkdir(parents=True, exist_ok=True)
             # Build into a temporary folder and rename it into place, so an interrupted conversion (or two DDP ranks
             # converting at once) never leaves a half-written model behind.
-            tmp = Path(tempfile.mkdtemp(prefix=f".{model_name_or_path}-", dir=target.parent))
+            from lightning_post.outputs import make_temp_dir
+
+            tmp = make_temp_dir(target.parent, f".{model_name_or_path}-")
             try:
                 MODEL_ALIASES[model_name_or_path](tmp)
                 try:
@@ -133,6 +134,71 @@ def resolve_model_path(model_name_or_path: str) -> str:
                 shutil.rmtree(tmp, ignore_errors=True)
         return str(target)
     return model_name_or_path
+
+
+#: attention implementations a config may name (transformers' own and the padding-free ``sdpa_varlen``)
+ATTENTION_CHOICES = ("eager", "sdpa", "sdpa_varlen", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_dtype(name: str) -> None:
+    """Refuse an unknown ``model.dtype`` before anything loads."""
+    from lightning_post.errors import ConfigError
+
+    if name not in _DTYPES:
+        raise ConfigError("model.dtype", f"unknown dtype {name!r}; choose one of {sorted(_DTYPES)}")
+
+
+def check_attention(name: Optional[str]) -> None:
+    """Refuse an unknown ``model.attn_implementation`` (``null`` = transformers' default) before anything loads."""
+    from lightning_post.errors import ConfigError
+
+    if name is not None and name not in ATTENTION_CHOICES:
+        raise ConfigError("model.attn_implementation", f"unknown attention {name!r}; choose one of "
+                                                        f"{list(ATTENTION_CHOICES)} or null")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _cached_on_hub(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo, "config.json"), str)
+    except Exception:  # an id that is not a valid repo name
+        return False
+
+
+def check_model_source(model_name_or_path: str, setting: str = "model.model_name_or_path") -> None:
+    """Refuse a model that cannot load, before anything is written: a missing folder, a folder without a model, or
+    (offline) a name that is neither an alias nor in the local hub cache, with the closest alias as a hint. Online,
+    an unknown hub id is left to the hub."""
+    import difflib
+
+    from lightning_post.errors import ConfigError
+
+    if model_name_or_path in MODEL_ALIASES:
+        return
+    path = Path(model_name_or_path).expanduser()
+    looks_like_path = model_name_or_path.startswith((".", "/", "~")) or os.sep in model_name_or_path.strip(os.sep)         and path.exists()
+    if path.is_dir():
+        from lightning_post.models.peft import BOTTLENECK_CONFIG
+
+        if not any((path / f).is_file() for f in ("config.json", "adapter_config.json", BOTTLENECK_CONFIG)):
+            raise ConfigError(setting, f"folder {model_name_or_path} holds no model (no config.json)")
+        return
+    if looks_like_path or (path.suffix and not _cached_on_hub(model_name_or_path)):
+        raise ConfigError(setting, f"folder {model_name_or_path} does not exist")
+    if _cached_on_hub(model_name_or_path):
+        return
+    close = difflib.get_close_matches(model_name_or_path, list(MODEL_ALIASES), n=1, cutoff=0.8)
+    if not _offline() and not close:
+        return  # perhaps a hub id, and the hub may be reachable: its own error says if not
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    offline = "; the hub is not reachable offline (HF_HUB_OFFLINE)" if _offline() else ""
+    raise ConfigError(setting, f"{model_name_or_path!r} is not an alias (aliases: {', '.join(MODEL_ALIASES)}), a local "
+                               f"folder or a cached hub model{offline}{hint}")
 
 
 def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False):

@@ -170,6 +170,50 @@ PEFT_METHODS: dict[str, Callable] = {"lora": _lora, "dora": _dora, "ia3": _ia3, 
                                      "bottleneck": _bottleneck, "qlora": _qlora}
 
 
+def check_peft_settings(s: "PeftSettings | None", prefix: str = "model.peft") -> None:
+    """Refuse settings that cannot train, naming the setting (called by the module's constructor, before any run)."""
+    from lightning_post.errors import ConfigError
+
+    if s is None:
+        return
+    if s.method not in PEFT_METHODS:
+        raise ConfigError(f"{prefix}.method", f"unknown method {s.method!r}; choose one of {sorted(PEFT_METHODS)}")
+    if s.method in ("lora", "dora", "qlora"):
+        if s.r < 1:
+            raise ConfigError(f"{prefix}.r", f"the LoRA rank must be >= 1, got {s.r}")
+        if s.alpha <= 0:
+            raise ConfigError(f"{prefix}.alpha", f"must be > 0, got {s.alpha}")
+        if s.bias not in ("none", "all", "lora_only"):
+            raise ConfigError(f"{prefix}.bias", f"must be 'none', 'all' or 'lora_only', got {s.bias!r}")
+    if not 0 <= s.dropout < 1:
+        raise ConfigError(f"{prefix}.dropout", f"must be in [0, 1), got {s.dropout}")
+    if s.method == "prefix" and s.num_virtual_tokens < 1:
+        raise ConfigError(f"{prefix}.num_virtual_tokens", f"must be >= 1, got {s.num_virtual_tokens}")
+    if s.method == "bottleneck" and s.bottleneck_size < 1:
+        raise ConfigError(f"{prefix}.bottleneck_size", f"must be >= 1, got {s.bottleneck_size}")
+    targets = s.target_modules
+    if not targets or (isinstance(targets, list) and not all(isinstance(t, str) and t for t in targets)):
+        raise ConfigError(f"{prefix}.target_modules", "must be 'all-linear' or a non-empty list of module names")
+
+
+def check_target_modules(model: torch.nn.Module, s: "PeftSettings | None", prefix: str = "model.peft") -> None:
+    """Refuse target module names that match no module of ``model`` (PEFT matches a name by its last parts: a
+    module named ``model.layers.0.self_attn.q_proj`` matches ``q_proj`` and ``self_attn.q_proj``). ``model`` may
+    live on the meta device: only names are read."""
+    from lightning_post.errors import ConfigError
+
+    if s is None or s.method in ("prefix", "bottleneck") or s.target_modules == "all-linear":
+        return
+    targets = [s.target_modules] if isinstance(s.target_modules, str) else list(s.target_modules)
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                         if n and isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"{prefix}.target_modules", f"no module named {', '.join(map(repr, missing))} in "
+                                                       f"{type(model).__name__}; its linear layers: {', '.join(leaves)}")
+
+
 def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a PEFT wrapper (adapters stay injected in its layers)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -26,7 +26,8 @@ from lightning_post.quality.report import QualityGate, gate_findings, plots, qua
 from lightning_post.quality.schema import (
     annotations_from_preferences, load_annotations, load_pairs, to_preference_records, write_jsonl,
 )
-from lightning_post.tracking import log_run, write_folder
+from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class DataReport:
         confidence: float = 0.95,
         gate: Optional[QualityGate] = None,
         output_dir: str = "mlruns/data_quality/latest",
+        overwrite: bool = False,
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "data_quality",
         run_name: Optional[str] = None,
@@ -195,6 +197,8 @@ class DataReport:
             confidence: level of the confidence intervals.
             gate: limits to check (``mode: fail`` exits with an error after writing the report).
             output_dir: folder of ``report.json``, ``report.html`` and ``plots/``.
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
+                are kept; only files of an earlier output of the same command are replaced).
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name.
@@ -209,6 +213,7 @@ class DataReport:
     def run(self) -> dict:
         from lightning_post.data.records import json_lines
 
+        check_output_dir(self.output_dir, "data report", self.overwrite)
         anns = [a for _, a in load_annotations(self.annotations)] if self.annotations else []
         invalid: list[DataError] = []  # malformed preference records are counted, not fatal: finding them is the job
         for path in self.preferences or []:
@@ -229,7 +234,7 @@ class DataReport:
         title = "Preference data quality: " + ", ".join(Path(p).name for p in [*(self.annotations or []),
                                                                               *(self.preferences or [])])
         write_folder(out, {"report.json": report, "report.html": render_page(report, findings, list(figs), title),
-                           **{f"plots/{n}.png": f for n, f in figs.items()}})
+                           **{f"plots/{n}.png": f for n, f in figs.items()}}, "data report", self.overwrite)
         metrics = report_metrics(report)
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "data_report", "inputs": title}, vars(self), metrics, out)

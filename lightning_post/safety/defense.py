@@ -26,7 +26,8 @@ from lightning_post.data.records import DataError, json_lines, load_instruction_
 from lightning_post.data.safety import prompt_and_reply
 from lightning_post.evaluation.safety import JAILBREAK_TEMPLATES, is_refusal, jailbreak
 from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.tracking import log_run, write_folder
+from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -86,6 +87,7 @@ class JailbreakDefenseData:
         dtype: str = "float32",
         device: Optional[str] = None,
         output_dir: str = "mlruns/jailbreak_data/latest",
+        overwrite: bool = False,
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "jailbreak_data",
         run_name: Optional[str] = None,
@@ -126,6 +128,8 @@ class JailbreakDefenseData:
             dtype: parameter dtype of ``model``.
             device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
             output_dir: folder of ``sft.jsonl``, ``pairs.jsonl``, ``heldout_harmful.jsonl`` and ``report.json``.
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
+                are kept; only files of an earlier output of the same command are replaced).
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name.
@@ -150,6 +154,7 @@ class JailbreakDefenseData:
         from lightning_post.evaluation.commands import load_policy, pick_device
         from lightning_post.generation import ChatGenerator
 
+        check_output_dir(self.output_dir, "jailbreak-data", self.overwrite)
         rng = random.Random(self.seed)
         torch.manual_seed(self.seed)
         # 1. inputs, validated before the model loads
@@ -236,7 +241,8 @@ class JailbreakDefenseData:
         }
         out = Path(self.output_dir)
         write_folder(out, {"report.json": report, "sft.jsonl": sft_rows, "pairs.jsonl": pair_rows,
-                           "heldout_harmful.jsonl": [{"prompt": requests[i]} for i in heldout]})
+                           "heldout_harmful.jsonl": [{"prompt": requests[i]} for i in heldout]},
+                     "jailbreak-data", self.overwrite)
         metrics = {f"jailbreak_data/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "jailbreak_data", "model": self.model}, vars(self), metrics, out,

@@ -18,7 +18,8 @@ from lightning_post.data.records import DataError, json_lines
 from lightning_post.evaluation.safety import is_refusal
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.safety.attacks import ATTACK_STYLES, dedupe
-from lightning_post.tracking import log_run, write_folder
+from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
 JUDGES = ("llm", "reward_model", "refusal")
@@ -72,6 +73,7 @@ class RedTeam:
         dtype: str = "float32",
         device: Optional[str] = None,
         output_dir: str = "mlruns/redteam/latest",
+        overwrite: bool = False,
         tracking_uri: str = "sqlite:///mlruns/mlflow.db",
         experiment_name: str = "redteam",
         run_name: Optional[str] = None,
@@ -101,6 +103,8 @@ class RedTeam:
             dtype: parameter dtype of the models.
             device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
             output_dir: folder of ``attempts.jsonl``, ``redteam_set.jsonl`` and ``report.json``.
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
+                are kept; only files of an earlier output of the same command are replaced).
             tracking_uri: MLflow tracking URI.
             experiment_name: MLflow experiment.
             run_name: MLflow run name.
@@ -144,6 +148,7 @@ class RedTeam:
         from lightning_post.generation import ChatGenerator
 
         random.seed(self.seed)
+        check_output_dir(self.output_dir, "redteam", self.overwrite)
         torch.manual_seed(self.seed)
         # 1. seeds (validated before any model loads)
         seeds = load_seeds(self.seeds or default_seed_file(), self.max_seeds)
@@ -198,7 +203,8 @@ class RedTeam:
             "refusal_rate": sum(r["refusal"] for r in rows) / len(rows) if rows else 0.0,
         }
         out = Path(self.output_dir)
-        write_folder(out, {"report.json": report, "attempts.jsonl": rows, "redteam_set.jsonl": red})
+        write_folder(out, {"report.json": report, "attempts.jsonl": rows, "redteam_set.jsonl": red}, "redteam",
+                     self.overwrite)
         metrics = {"redteam/attack_success_rate": report["attack_success_rate"],
                    "redteam/refusal_rate": report["refusal_rate"], "redteam/attempted": len(rows),
                    "redteam/successful": len(red), "redteam/duplicates_removed": duplicates,
