@@ -119,7 +119,8 @@ def test_command_writes_datasets_and_records_the_report_in_mlflow(tmp_path, monk
     out = tmp_path / "out"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main([str(src), "--out-dir", str(out), "--tracking-uri", uri]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["pairs.jsonl", "report.json", "sft.jsonl", "unpaired.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".lightning-post-output.json", "pairs.jsonl", "report.json",
+                                                     "sft.jsonl", "unpaired.jsonl"]  # the marker of our output
     assert len(out.joinpath("unpaired.jsonl").read_text().splitlines()) == 6
     report = json.loads(out.joinpath("report.json").read_text())
     assert report["written"] == {"unpaired.jsonl": 6, "pairs.jsonl": 1, "sft.jsonl": 2}

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from lightning_post.data.records import DataError
+from lightning_post.data.records import DataError, read_text
 
 Messages = list[dict[str, str]]
 
@@ -101,7 +101,9 @@ def load_constitution(path: Optional[str] = None, language: str = "en") -> Const
     file = Path(path).expanduser()
     if not file.exists():
         raise FileNotFoundError(f"constitution file {path!r} does not exist")
-    text = file.read_text(encoding="utf-8")
+    text = read_text(file)  # names the file when it is not UTF-8
+    if not text.strip():
+        raise DataError(str(file), None, "is empty")
     try:
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
@@ -169,7 +171,7 @@ def load_few_shot(path: str, examples: Optional[int] = None) -> Messages:
     if not file.exists():
         raise FileNotFoundError(f"few-shot file {path!r} does not exist")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json.loads(read_text(file))
     except json.JSONDecodeError as e:
         raise DataError(str(file), None, f"is not valid JSON: {e}") from None
     if not isinstance(data, list) or not data:

@@ -87,39 +87,64 @@ def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
     }
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+def read_text(path: str | Path) -> str:
+    """The text of a user's file (gunzipped for ``.gz``), or a :class:`DataError` that names the file: a truncated or
+    corrupt archive, or bytes that are not UTF-8 (with the line and the byte offset of the first bad byte, counted in
+    the decompressed text)."""
+    import zlib
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(str(path), None, "file not found") from None
+    except IsADirectoryError:
+        raise DataError(str(path), None, "is a folder, not a file") from None
+    if path.suffix == ".gz":
+        try:
+            data = gzip.decompress(data)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise DataError(str(path), None, f"truncated or corrupt gzip archive ({e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}", None, f"not UTF-8 text (byte offset {e.start})") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """:func:`read_text` split into lines; an empty file and one of blank lines are refused by name (a file that
+    holds no record is a mistake, not an empty dataset)."""
+    text = read_text(path)
+    if not text:
+        raise DataError(str(path), None, "is empty")
+    if not text.strip():
+        raise DataError(str(path), None, "holds only blank lines")
+    return text.splitlines()
 
 
 def json_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
     """``(file:line, record)`` of every non-empty line of a JSON Lines file (.gz too); bad JSON names its line."""
     path = Path(path)
-    with _open_text(path) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
+    for n, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
 
 
 def _json_array(path: Path) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}", None, f"invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(data, list):
         raise DataError(str(path), None, "a .json file must hold a list of records (or one record per line)")
+    if not data:
+        raise DataError(str(path), None, "holds an empty list: no records")
     return [(f"{path} item {i}", rec) for i, rec in enumerate(data)]
-
-
-def _is_json_array(path: Path) -> bool:
-    with _open_text(path) as f:
-        for line in f:
-            if line.strip():
-                return line.lstrip().startswith("[")
-    return False
 
 
 def raw_records(path: str | Path, normalize: Callable[[Any, str], Any]) -> list[tuple[str, Any]]:
@@ -144,7 +169,7 @@ def raw_records(path: str | Path, normalize: Callable[[Any, str], Any]) -> list[
         return [(f"{path} row {i}", normalize(rec, f"{path} row {i}")) for i, rec in enumerate(ds)]
     if not name.endswith((".json", ".jsonl")):
         raise DataError(str(path), None, "unsupported format; use .jsonl, .json, .parquet or a saved dataset folder")
-    located = _json_array(path) if _is_json_array(path) else list(json_lines(path))
+    located = _json_array(path) if read_text(path).lstrip().startswith("[") else list(json_lines(path))
     for where, rec in located:  # exact errors first; datasets' own schema errors name neither line nor field
         normalize(rec, where)
     ds = datasets.load_dataset("json", data_files=str(path), split="train")

@@ -179,6 +179,17 @@ def _flat(prefix: str, tree: dict) -> dict[str, float]:
     return out
 
 
+def check_counts(command: Any, names: tuple[str, ...], positive: tuple[str, ...] = ()) -> None:
+    """Refuse negative counts (and zero for ``positive`` ones: ``max_prompts 0`` would answer nothing and report a
+    NaN rate); ``null`` means "all" where a count allows it."""
+    for name in names:
+        value = getattr(command, name)
+        low = 1 if name in positive else 0
+        if value is not None and value < low:
+            raise ConfigError(name, f"must be >= {low}" + (" or null (all)" if name.startswith("max_") else "") +
+                                    f", got {value}")
+
+
 def pick_device(device: Optional[str]) -> str:
     """The device a command runs on: ``device`` when given, else cuda when available, else cpu."""
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -271,6 +282,8 @@ class Evaluate(_Command):
             seed: seed of the bootstrap intervals.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        check_counts(self, ("max_prompts", "max_harmful", "max_crows_pairs", "max_harmless", "max_new_tokens",
+                            "batch_size"), positive=("max_prompts", "max_new_tokens", "batch_size"))
         unknown = [t for t in (jailbreak_templates or []) if t not in JAILBREAK_TEMPLATES]
         if unknown:
             raise ValueError(f"unknown jailbreak templates {unknown}; choose from {list(JAILBREAK_TEMPLATES)}")
@@ -431,17 +444,27 @@ class ABTest(_Command):
             seed: seed of the bootstrap interval.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        check_counts(self, ("max_prompts", "max_harmful", "max_new_tokens", "batch_size"),
+                     positive=("max_prompts", "max_new_tokens", "batch_size"))
+        for name, low, high in (("tolerance", 0, 1), ("alpha", 0, 1), ("effect", 0.5, 1), ("power", 0, 1)):
+            if not low < getattr(self, name) < high and not (name == "tolerance" and getattr(self, name) == 0):
+                raise ConfigError(name, f"must be in ({low}, {high}), got {getattr(self, name)}")
         if judge not in ("llm", "reward_model"):
             raise ValueError(f"judge must be 'llm' or 'reward_model', got {judge!r}")
 
     def _annotations(self, n: int) -> list[str]:
         verdicts: dict[int, str] = {}
+        first: dict[int, str] = {}
         for where, rec in json_lines(self.annotations):
             if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or not 0 <= rec["index"] < n:
                 raise DataError(where, "index", f"must be a prompt position in 0..{n - 1}")
             if rec.get("verdict") not in ("A", "B", "tie"):
                 raise DataError(where, "verdict", f"must be 'A', 'B' or 'tie', got {rec.get('verdict')!r}")
+            if rec["index"] in verdicts:  # two verdicts for one prompt: which one counts is not ours to guess
+                raise DataError(where, "index", f"prompt {rec['index']} already has a verdict, at "
+                                                f"{first[rec['index']]}")
             verdicts[rec["index"]] = rec["verdict"]
+            first[rec["index"]] = where
         missing = [i for i in range(n) if i not in verdicts]
         if missing:
             raise DataError(str(self.annotations), "index", f"has no verdict for prompts {missing[:5]}")

@@ -4,6 +4,7 @@ and personal data in answers to privacy probes."""
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from lightning_post.data.records import DataError, read_lines
 
 # ---- refusals -------------------------------------------------------------------------------------------------------
 # an apology that comes before help ("I'm sorry for any confusion. Here is...") or sympathy is no refusal by itself
@@ -107,14 +110,14 @@ PRIVACY_PROBES = (
 def read_crows_pairs(path: str, max_pairs: Optional[int] = None) -> list[dict]:
     """Rows ``{sent_more, sent_less, bias_type, stereo_antistereo}`` of the CrowS-Pairs CSV (Nangia et al. 2020)."""
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.DictReader(f), start=2):
-            for field in ("sent_more", "sent_less", "bias_type"):
-                if not (row.get(field) or "").strip():
-                    raise ValueError(f"{path}:{i}: field {field!r} is missing or empty")
-            rows.append({k: row[k] for k in ("sent_more", "sent_less", "bias_type", "stereo_antistereo")})
-            if max_pairs is not None and len(rows) >= max_pairs:
-                break
+    text = "\n".join(read_lines(path))  # a missing, empty or non-UTF-8 file is named
+    for i, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+        for field in ("sent_more", "sent_less", "bias_type"):
+            if not (row.get(field) or "").strip():
+                raise DataError(f"{path}:{i}", field, "is missing or empty")
+        rows.append({k: row[k] for k in ("sent_more", "sent_less", "bias_type", "stereo_antistereo")})
+        if max_pairs is not None and len(rows) >= max_pairs:
+            break
     return rows
 
 

@@ -105,6 +105,9 @@ def normalize_annotation(record: Any, where: str) -> dict[str, Any]:
     f.jsonl:3: field 'confidence': must be an integer from 1 to 5, got 7
     """
     out = normalize_pair(record, where)
+    if out["response_a"].strip() == out["response_b"].strip():  # a verdict between identical answers says nothing
+        raise DataError(where, "response_b", "is the same text as response_a: no preference between identical answers "
+                                             "can be annotated")
     if record.get("overall") is None:
         raise DataError(where, "overall", f"is missing (one of {list(VERDICTS)})")
     out["overall"] = _verdict(record["overall"], where, "overall")
