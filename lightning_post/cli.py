@@ -145,6 +145,17 @@ def cli_main(args=None, run: bool = True) -> PostCLI:
 COMMANDS = ("evaluate", "abtest", "redteam", "jailbreak-data")
 
 
+def _user_error(error: BaseException, kinds: tuple) -> Optional[BaseException]:
+    """The first error of ``kinds`` in ``error``'s chain of causes, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _fail(command: str, message: str) -> None:
     print(f"lightning-post {command}: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -154,8 +165,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """``lightning-post <command> ...``: user errors (a bad setting, file, record or output folder) end in one line
     and exit code 2; a fit stopped by Ctrl-C or SIGTERM exits with 130 after saving."""
     from lightning_post.config_files import ConfigFileError, check_yaml_file, config_paths
-    from lightning_post.data.records import DataError
-    from lightning_post.errors import ConfigError, OutputError
+    from lightning_post.errors import UserError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     INTERRUPTED.clear()
@@ -165,8 +175,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         for path in config_paths(argv):  # YAML syntax named with its file and line, before any parser reads it
             check_yaml_file(path)
         _dispatch(argv)
-    except (ConfigError, DataError, OutputError, ConfigFileError) as e:
+    except (UserError, ConfigFileError) as e:  # a setting, a file, a record, an output folder
         _fail(command, str(e))
+    except ValueError as e:  # jsonargparse wraps a constructor's error into "Does not validate against ..."
+        cause = _user_error(e, (UserError,))
+        if cause is None:
+            raise
+        _fail(command, str(cause))
     except SystemExit as e:
         if INTERRUPTED.is_set():  # Lightning exits 1 after a second Ctrl-C: the run was still stopped by the user
             sys.exit(130)

@@ -45,13 +45,18 @@ def user_folder(path: Path) -> Path:
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
     """``lightning-post <argv>`` in this process: (exit code, stderr)."""
+    import logging
+
     from lightning_post.cli import main
 
+    handlers = list(logging.getLogger().handlers)  # main's basicConfig binds a handler to this test's stderr
     try:
         main(argv)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
+    finally:
+        logging.getLogger().handlers = handlers
     return code, capsys.readouterr().err
 
 

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from lightning_post.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +37,7 @@ class AppendableJsonl:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.path}:{i}: not valid JSON ({e.msg}); delete the file to start over") \
+                    raise UserError(f"{self.path}:{i}: not valid JSON ({e.msg}); delete the file to start over") \
                         from None
         return records
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_post.data.sampling import resumable_train_loader
+from lightning_post.errors import ConfigError, UserError
 from lightning_post.models.loading import load_tokenizer
 
 
@@ -50,7 +51,6 @@ class PostDataModule(L.LightningDataModule, abc.ABC):
         (``null`` = the bundled default)."""
         from pathlib import Path
 
-        from lightning_post.errors import ConfigError
 
         hp = self.hparams
         rules = {"batch_size": (1, "an optimizer step needs rows"), "eval_batch_size": (1, None),
@@ -84,7 +84,7 @@ class PostDataModule(L.LightningDataModule, abc.ABC):
             return splits
         splits, self.safety_report = filter_splits(splits, cfg if isinstance(cfg, SafetyFilter) else SafetyFilter(**cfg))
         if not splits.get("train"):
-            raise ValueError("the safety filter removed every training record; see the log for the reasons")
+            raise UserError("the safety filter removed every training record; see the log for the reasons")
         return splits
 
     def _tokenizer(self):
@@ -133,6 +133,6 @@ def hold_out(records: list, seed: int, fraction: float, size: Optional[int] = No
     random.Random(seed).shuffle(order)
     n = size if size is not None else (max(1, math.ceil(len(records) * fraction)) if fraction > 0 else 0)
     if n >= len(records) and records:
-        raise ValueError(f"holding out {n} of {len(records)} records leaves nothing to train on")
+        raise UserError(f"holding out {n} of {len(records)} records leaves nothing to train on")
     held = set(order[:n])
     return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]

@@ -14,6 +14,7 @@ from typing import Optional
 
 from torch.utils.data import DataLoader
 
+from lightning_post.errors import UserError
 from lightning_post.data.appendable import AppendableJsonl
 from lightning_post.data.base import hold_out
 from lightning_post.data.instruction import Files, InstructionDataModule, _as_list
@@ -133,7 +134,7 @@ class CAIDataModule(InstructionDataModule):
             if self.invalid:
                 log.warning("skipped %d malformed prompt records, the first: %s", len(self.invalid), self.invalid[0])
             if not self.items:
-                raise ValueError(f"no prompt in {hp.prompt_files or default_preference_file()}")
+                raise UserError(f"no prompt in {hp.prompt_files or default_preference_file()}")
         return self.items
 
     def pending(self, store: AppendableJsonl) -> list[dict]:
@@ -155,7 +156,7 @@ class CAIDataModule(InstructionDataModule):
         hp = self.hparams
         records = self.revisions.read()
         if not records:
-            raise ValueError(f"{self.revisions.path} has no records: the Constitutional AI loop must run first "
+            raise UserError(f"{self.revisions.path} has no records: the Constitutional AI loop must run first "
                              "(lightning-post fit or predict with model CAIModule)")
         last: dict[str, dict] = {}
         for rec in records:
@@ -166,7 +167,7 @@ class CAIDataModule(InstructionDataModule):
                     for key, rec in last.items() if rec["revision"].strip() and
                     (not hp.only_revised or key in revised_ids)]
         if not examples:
-            raise ValueError(f"{self.revisions.path}: no usable revision (only_revised={hp.only_revised})")
+            raise UserError(f"{self.revisions.path}: no usable revision (only_revised={hp.only_revised})")
         train, val = hold_out(examples, hp.seed, hp.val_fraction)
         return {"train": train, "val": val or train[:1], "test": None}
 

@@ -8,6 +8,7 @@ from typing import Optional, Union
 
 from tqdm.auto import tqdm
 
+from lightning_post.errors import UserError
 from lightning_post.data.collate import collate_rows, pack_greedy
 from lightning_post.data.records import load_instruction_records
 from lightning_post.data.base import PostDataModule, Rows, hold_out
@@ -81,7 +82,7 @@ class InstructionDataModule(PostDataModule):
         self.check_settings()
         check_template(template)
         if truncation not in ("right", "drop"):
-            raise ValueError(f"unknown truncation {truncation!r}; choose 'right' or 'drop'")
+            raise UserError(f"unknown truncation {truncation!r}; choose 'right' or 'drop'")
         self.stats: dict[str, TokenizeStats] = {}
 
     # ---- preparation -------------------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ class InstructionDataModule(PostDataModule):
         test = records["test"]
         self.splits["test"] = Rows([[e] for e in self.encode(test, "test")]) if test is not None else self.splits["val"]
         if not self.splits["train"].rows:
-            raise ValueError("no training example is left after truncation; raise data.max_length")
+            raise UserError("no training example is left after truncation; raise data.max_length")
 
     # ---- loaders -----------------------------------------------------------------------------------------------
     def collate(self, rows):

@@ -9,6 +9,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from lightning_post.errors import UserError
+
 MIXINGS = ("weights", "proportional", "temperature")
 STRATEGIES = ("mixed", "curriculum", "alternating")
 
@@ -29,14 +31,14 @@ def mixing_rates(sizes: Sequence[int], weights: Optional[Sequence[float]] = None
     [0.3333333333333333, 0.6666666666666666]
     """
     if mixing not in MIXINGS:
-        raise ValueError(f"mixing must be one of {list(MIXINGS)}, got {mixing!r}")
+        raise UserError(f"mixing must be one of {list(MIXINGS)}, got {mixing!r}")
     if not sizes:
-        raise ValueError("mixing_rates needs at least one task")
+        raise UserError("mixing_rates needs at least one task")
     weights = list(weights) if weights is not None else [1.0] * len(sizes)
     if len(weights) != len(sizes) or any(w < 0 for w in weights) or not any(w > 0 for w in weights):
-        raise ValueError(f"need one non-negative weight per task, not all zero; got {weights}")
+        raise UserError(f"need one non-negative weight per task, not all zero; got {weights}")
     if mixing == "temperature" and temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise UserError(f"temperature must be > 0, got {temperature}")
     capped = [min(n, cap) if cap is not None else n for n in sizes]
     if mixing == "weights":
         raw = [float(w) for w in weights]
@@ -46,7 +48,7 @@ def mixing_rates(sizes: Sequence[int], weights: Optional[Sequence[float]] = None
         raw = [w * n ** (1.0 / temperature) if n > 0 else 0.0 for w, n in zip(weights, capped)]
     total = sum(raw)
     if total <= 0:
-        raise ValueError("every task with a positive weight is empty")
+        raise UserError("every task with a positive weight is empty")
     return [r / total for r in raw]
 
 
@@ -76,9 +78,9 @@ class TaskOrder:
                  strategy: str = "mixed", stages: Optional[Sequence[Sequence[float]]] = None,
                  stage_batches: Optional[Sequence[int]] = None):
         if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
+            raise UserError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
         if strategy == "curriculum" and not stages:
-            raise ValueError("strategy 'curriculum' needs stages")
+            raise UserError("strategy 'curriculum' needs stages")
         self.sizes, self.rates, self.batch_size, self.seed = list(sizes), list(rates), batch_size, seed
         self.strategy, self.stages, self.stage_batches = strategy, stages, stage_batches
 

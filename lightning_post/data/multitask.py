@@ -24,6 +24,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_post.errors import UserError
 from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.collate import collate_rows
 from lightning_post.data.mixing import MIXINGS, STRATEGIES, CurriculumStage, TaskOrder, mixing_rates
@@ -138,16 +139,16 @@ class MultiTaskDataModule(PostDataModule):
         self.stages = [CurriculumStage(**s) if isinstance(s, dict) else s for s in curriculum or []]
         names = [t.name for t in self.tasks]
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"tasks need distinct names, got {names}")
+            raise UserError(f"tasks need distinct names, got {names}")
         if mixing not in MIXINGS or strategy not in STRATEGIES:
-            raise ValueError(f"mixing must be one of {list(MIXINGS)} and strategy one of {list(STRATEGIES)}")
+            raise UserError(f"mixing must be one of {list(MIXINGS)} and strategy one of {list(STRATEGIES)}")
         if strategy == "curriculum":
             if not self.stages:
-                raise ValueError("strategy: curriculum needs curriculum stages")
+                raise UserError("strategy: curriculum needs curriculum stages")
             for s in self.stages:
                 unknown = set(s.weights) - set(names)
                 if unknown:
-                    raise ValueError(f"curriculum stage names unknown tasks {sorted(unknown)}; tasks are {names}")
+                    raise UserError(f"curriculum stage names unknown tasks {sorted(unknown)}; tasks are {names}")
         for t in self.tasks:
             check_template(t.template or template)
         self.sizes: list[int] = []

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from lightning_post.errors import UserError
 from lightning_post.data.records import ROLES, DataError
 from lightning_post.data.templates import to_segments
 from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_segments
@@ -38,7 +39,7 @@ def split_hh_dialogue(text: str) -> tuple[str, str]:
     """
     cut = text.rfind(HH_ASSISTANT)
     if cut < 0:
-        raise ValueError(f"no {HH_ASSISTANT!r} marker")
+        raise UserError(f"no {HH_ASSISTANT!r} marker")
     cut += len(HH_ASSISTANT)
     return text[:cut], text[cut:]
 

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lightning_post.errors import UserError
 from lightning_post.data.collate import collate_pairs, collate_rows
 from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.safety import SafetyFilter
@@ -151,7 +152,7 @@ class PreferenceDataModule(PostDataModule):
         self.check_settings()
         check_template(template)
         if not 0 < min_prompt_length < max_length:
-            raise ValueError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
+            raise UserError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
         self.stats: dict[str, PairStats] = {}
         self.predict_records: list[dict] = []
         self.invalid: list[DataError] = []
@@ -241,7 +242,7 @@ class PreferenceDataModule(PostDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if stage == "predict":
             if self.hparams.predict_files is None:
-                raise ValueError("set data.predict_files to the pairs or (prompt, response) records to score")
+                raise UserError("set data.predict_files to the pairs or (prompt, response) records to score")
             located = getattr(self, "_predict_located", None) or self._read_predict()
             self.splits["predict"] = Rows(self._encode_predict(located))
             return
@@ -254,7 +255,9 @@ class PreferenceDataModule(PostDataModule):
         test = records["test"]
         self.splits["test"] = Rows(self.encode(test, "test")) if test is not None else self.splits["val"]
         if not self.splits["train"].rows:
-            raise ValueError("no training pair is left (all identical or empty)")
+            files = ", ".join(_as_list(self.hparams.train_files)) or "the bundled pairs"
+            raise UserError(f"{files}: no training pair is left: every pair has chosen == rejected or an empty "
+                            "reply, or was dropped by truncation (data.max_length)")
 
     # ---- loaders -----------------------------------------------------------------------------------------------
     def collate(self, pairs: list[PairExample]) -> dict:
@@ -295,6 +298,6 @@ class PreferenceDataModule(PostDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         if "predict" not in self.splits:
-            raise ValueError("set data.predict_files to the pairs or (prompt, response) records to score")
+            raise UserError("set data.predict_files to the pairs or (prompt, response) records to score")
         return DataLoader(self.splits["predict"], batch_size=self.hparams.eval_batch_size, shuffle=False,
                           collate_fn=self._collate_predict, num_workers=self.hparams.num_workers)

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import torch
 
+from lightning_post.errors import UserError
 from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.instruction import Files, _as_list
@@ -142,7 +143,7 @@ class PromptDataModule(PostDataModule):
         self.check_settings()
         check_template(template)
         if max_prompt_length < 8:
-            raise ValueError(f"max_prompt_length must be at least 8, got {max_prompt_length}")
+            raise UserError(f"max_prompt_length must be at least 8, got {max_prompt_length}")
         self.truncated = 0
 
     def _load(self, files: list[str]) -> list[dict]:

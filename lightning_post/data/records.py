@@ -16,10 +16,12 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from lightning_post.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A record that cannot be used, with its location."""
 
     def __init__(self, where: str, field: str | None, problem: str):

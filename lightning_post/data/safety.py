@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from lightning_post.errors import UserError
 from lightning_post.evaluation.safety import PII_PATTERNS
 
 log = logging.getLogger(__name__)
@@ -68,19 +69,19 @@ class SafetyFilter:
     def __post_init__(self) -> None:
         unknown = [r for r in self.rules if r not in SAFETY_RULES]
         if unknown:
-            raise ValueError(f"safety_filter.rules: unknown {unknown}; choose from {sorted(SAFETY_RULES)}")
+            raise UserError(f"safety_filter.rules: unknown {unknown}; choose from {sorted(SAFETY_RULES)}")
         kinds = [k for k in (self.pii_kinds or []) if k not in PII_PATTERNS]
         if kinds:
-            raise ValueError(f"safety_filter.pii_kinds: unknown {kinds}; choose from {sorted(PII_PATTERNS)}")
+            raise UserError(f"safety_filter.pii_kinds: unknown {kinds}; choose from {sorted(PII_PATTERNS)}")
         for name, pattern in self.patterns.items():
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise ValueError(f"safety_filter.patterns.{name}: not a regular expression ({e})") from None
+                raise UserError(f"safety_filter.patterns.{name}: not a regular expression ({e})") from None
         if "regex" in self.rules and not self.patterns:
-            raise ValueError("safety_filter: rule 'regex' needs patterns: {name: regex}")
+            raise UserError("safety_filter: rule 'regex' needs patterns: {name: regex}")
         if "blocklist" in self.rules and not self.blocklist:
-            raise ValueError("safety_filter: rule 'blocklist' needs blocklist: [words]")
+            raise UserError("safety_filter: rule 'blocklist' needs blocklist: [words]")
 
 
 # ---- what a record says -----------------------------------------------------------------------------------------------

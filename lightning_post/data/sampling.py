@@ -7,6 +7,8 @@ from typing import Iterator, Optional
 from torch.utils.data import DataLoader, DistributedSampler
 
 
+from lightning_post.errors import UserError
+
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (so Lightning leaves it in place) whose first pass can skip already-trained batches.
 
@@ -39,7 +41,7 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.sampler.seed:
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint was trained with data.seed={state.get('seed')}, this run has {self.sampler.seed}"
             )
         self.sampler.set_epoch(state["epoch"])

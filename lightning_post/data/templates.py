@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from lightning_post.errors import UserError
+
 ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
@@ -49,7 +51,7 @@ TEMPLATES = ("chat", *PROMPT_LAYOUTS)
 
 def check_template(name: str) -> str:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; choose one of {list(TEMPLATES)}")
+        raise UserError(f"unknown template {name!r}; choose one of {list(TEMPLATES)}")
     return name
 
 
@@ -66,7 +68,7 @@ def _single_turn(record: dict[str, Any]) -> tuple[str, str, str]:
         return record["instruction"], record.get("input") or "", record["response"]
     turns = [m for m in record["messages"] if m["role"] != "system"]
     if len(turns) != 2 or turns[0]["role"] != "user" or turns[1]["role"] != "assistant":
-        raise ValueError("multi-turn conversations need template 'chat' or 'conversational'")
+        raise UserError("multi-turn conversations need template 'chat' or 'conversational'")
     return turns[0]["content"], "", turns[1]["content"]
 
 
@@ -100,7 +102,7 @@ def chat_segments(messages: list[dict[str, str]], tokenizer, eos_token: Optional
         prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
-            raise ValueError("the tokenizer's chat template is not prefix-stable; choose a named template instead")
+            raise UserError("the tokenizer's chat template is not prefix-stable; choose a named template instead")
         reply = full[len(prompt):]
         end = reply.rfind(eos_token) if eos_token else -1
         reply = reply[: end + len(eos_token)] if end >= 0 else reply

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lightning_post.errors import UserError
 from lightning_post.data.templates import prompt_text
 
 IGNORE_INDEX = -100
@@ -75,7 +76,7 @@ def tokenize_segments(segments: list[tuple[str, bool]], tokenizer, template_is_c
 def truncate(example: Tokenized, max_length: int, policy: str) -> Tokenized | None:
     """Apply the truncation policy; ``None`` means drop the example."""
     if policy not in TRUNCATION:
-        raise ValueError(f"unknown truncation {policy!r}; choose one of {list(TRUNCATION)}")
+        raise UserError(f"unknown truncation {policy!r}; choose one of {list(TRUNCATION)}")
     if len(example.input_ids) > max_length:
         if policy == "drop":
             return None

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from lightning_post.errors import UserError
 from lightning_post.data.base import PostDataModule, Rows, hold_out
 from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.collate import collate_pairs, collate_rows
@@ -151,7 +152,7 @@ class UnpairedDataModule(PostDataModule):
         self.check_settings()
         check_template(template)
         if not 0 < min_prompt_length < max_length:
-            raise ValueError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
+            raise UserError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
         self.stats: dict = {}
 
     def _load(self, files: Files) -> list[dict]:
@@ -206,7 +207,7 @@ class UnpairedDataModule(PostDataModule):
         hp, tok, stats = self.hparams, self._tokenizer(), PairStats(pairs=len(located))
         kept = [pair for _, pair in located if pair["chosen"].strip() != pair["rejected"].strip()]
         if not kept:
-            raise ValueError(f"val_pair_files {hp.val_pair_files!r} hold no pair with two different replies")
+            raise UserError(f"val_pair_files {hp.val_pair_files!r} hold no pair with two different replies")
         return [tokenize_pair(pair, hp.template, tok, hp.max_length, hp.min_prompt_length, stats, i)
                 for i, pair in enumerate(kept)]
 

@@ -25,7 +25,7 @@ from lightning_post.evaluation.safety import (
     read_crows_pairs,
 )
 from lightning_post.evaluation.text_metrics import BertScorer, text_metrics
-from lightning_post.errors import ConfigError, OutputError
+from lightning_post.errors import ConfigError, UserError
 from lightning_post.generation import ChatGenerator
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.outputs import check_output_dir, write_folder
@@ -558,5 +558,5 @@ def run_command(name: str, argv: list[str], classes: Optional[dict] = None, prog
     parser, command = parse_command(name, argv, classes, prog)
     try:
         return command.run()
-    except (DataError, ConfigError, OutputError) as e:
+    except UserError as e:  # a bad setting, file, record or output folder: one line
         parser.error(str(e))
