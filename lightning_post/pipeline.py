@@ -223,13 +223,15 @@ class Pipeline:
         return client.create_experiment(self.experiment_name, artifact_location=location)
 
     def _parent_run(self, client, state: dict) -> str:
-        from lightning_post.tracking import git_commit
+        from lightning_post.tracking import git_commit, process_tags
 
         run_id = state.get("parent_run_id")
         if run_id:
             try:
                 run = client.get_run(run_id)
                 client.update_run(run_id, status="RUNNING")
+                for key, value in process_tags().items():  # this process holds the run now
+                    client.set_tag(run_id, key, value)
                 resumes = int(run.data.tags.get("pipeline.resumes", "0")) + 1
                 client.set_tag(run_id, "pipeline.resumes", str(resumes))
                 return run_id
@@ -237,7 +239,8 @@ class Pipeline:
                 log.warning("parent run %s is not in %s: starting a new one", run_id, self.tracking_uri)
         run = client.create_run(self._experiment_id(client), run_name=self.name, tags={
             "method": "pipeline", "pipeline.name": self.name, "pipeline.output_dir": str(Path(self.output_dir).resolve()),
-            "pipeline.stages": " -> ".join(s.name for s in self.stages), "git_commit": git_commit()})
+            "pipeline.stages": " -> ".join(s.name for s in self.stages), "git_commit": git_commit(),
+            **process_tags()})
         for st in self.stages:
             client.log_param(run.info.run_id, f"stage.{st.name}", " ".join([st.command, *st.configs])[:500])
         return run.info.run_id
@@ -385,8 +388,10 @@ class Pipeline:
                    fingerprint: str) -> None:
         stage_dir = child_dir(Path(self.output_dir).resolve(), st.name, "stage name")
         stage_dir.mkdir(parents=True, exist_ok=True)
+        from lightning_post.tracking import process_tags
+
         tags = {"mlflow.parentRunId": parent, "pipeline.stage": st.name, "pipeline.index": str(index),
-                "pipeline.command": st.command, "pipeline.config": " ".join(st.configs)}
+                "pipeline.command": st.command, "pipeline.config": " ".join(st.configs), **process_tags()}
         tags.update({f"lineage.{arg}": f"{v['stage']} {v['run_id']} {v['path']}" for arg, v in inputs.items()})
         run = client.create_run(client.get_run(parent).info.experiment_id, run_name=st.name, tags=tags)
         run_id = run.info.run_id

@@ -276,3 +276,33 @@ def test_sigint_saves_a_checkpoint_and_the_export_and_exits_130(tmp_path):
     assert 2 < step < 8  # the step after the signal, not the periodic one before it
     export = ckpt.parents[1] / "export"
     assert (export / "model" / "config.json").is_file() and (export / "adapter" / "adapter_config.json").is_file()
+
+
+def test_kill_9_of_the_pipeline_stops_its_stage_which_logs_to_stage_log(tmp_path):
+    """The stage process writes ``stage.log`` itself and dies with its pipeline (SIGTERM from the kernel, then the
+    graceful stop: a checkpoint and exit 130), instead of running on orphaned with its output lost."""
+    import yaml
+
+    spec = {"name": "p", "output_dir": str(tmp_path / "out"), "stages": [{
+        "name": "sft", "config": str(CONFIGS / "tiny.yaml"),
+        "args": {"trainer.max_steps": 40, "trainer.val_check_interval": 40, "samples.enabled": False,
+                 "export.log_model": False, "trainer.callbacks+": "tests.helpers.SlowSteps",
+                 "trainer.callbacks.seconds": 0.5}}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    pipe = _start(EXE + ["pipeline", "--config", str(tmp_path / "p.yaml")], tmp_path)
+    stage_dir = tmp_path / "out" / "sft"
+    deadline = time.time() + 240
+    while not list(stage_dir.rglob("last.ckpt")):  # the stage is training
+        assert time.time() < deadline and pipe.poll() is None, pipe.stdout.read()[-3000:]
+        time.sleep(0.1)
+    stage_pid = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and str(stage_dir) in
+                     (p / "cmdline").read_bytes().decode(errors="replace"))
+    pipe.send_signal(signal.SIGKILL)
+    pipe.wait()
+    deadline = time.time() + 120
+    while Path(f"/proc/{stage_pid}").exists() and b"zombie" not in Path(f"/proc/{stage_pid}/status").read_bytes() \
+            .lower():
+        assert time.time() < deadline, "the stage outlived its pipeline"
+        time.sleep(0.2)
+    log = (stage_dir / "stage.log").read_text()
+    assert "SIGTERM: stopping after this step" in log and "stopped by a signal at step" in log, log[-3000:]

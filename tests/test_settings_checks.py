@@ -145,3 +145,13 @@ def test_settings_check_functions_directly():
         check_peft_settings(PeftSettings(dropout=1.0))
     with pytest.raises(ConfigError, match="betas"):
         check_optim_settings(OptimSettings(betas=(0.9, 1.0)))
+
+
+def test_identical_answers_make_no_pair():
+    """Two models with the same answer: no pair to judge (a verdict between them would be noise)."""
+    from lightning_post.quality.collect import build_pairs
+
+    answers = [{"prompt_id": "p", "prompt": "Hi", "model": m, "response": r}
+               for m, r in (("m1", "Hello."), ("m2", " Hello. "), ("m3", "Hey there."))]
+    pairs = build_pairs(answers)
+    assert sorted(tuple(sorted((p["model_a"], p["model_b"]))) for p in pairs) == [("m1", "m3"), ("m2", "m3")]

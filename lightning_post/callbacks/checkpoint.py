@@ -115,18 +115,22 @@ class GracefulStop(L.Callback):
         self._previous: dict[int, object] = {}
 
     def _handler(self, signum, frame) -> None:
-        if self.requested is not None:  # the second one: stop now
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-            raise KeyboardInterrupt
+        if self.requested is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: stop now
+                signal.signal(signum, signal.default_int_handler)
+                raise KeyboardInterrupt
+            return  # a repeated SIGTERM (a scheduler sends SIGKILL itself when its grace period ends)
         self.requested = signum
         print(f"\nlightning-post: {signal.Signals(signum).name}: stopping after this step with a checkpoint and the "
               "export (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # here, not in on_fit_start: Lightning installs its own SIGTERM handler (which ends the fit at the next batch
+        # without a checkpoint) between the two; this one replaces it, and Lightning's teardown restores the original
         self.requested = None
         if not self.enabled or threading.current_thread() is not threading.main_thread():
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):  # after Lightning's own SIGTERM handler: this one wins
+        for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handler)
 
     def _restore(self) -> None:

@@ -41,7 +41,9 @@ def load_policy(path: str, dtype: str = "float32", device: Optional[str] = None)
     if str(path).endswith(".ckpt"):
         from lightning_post.methods.sft import SFTModule
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        from lightning_post.callbacks.checkpoint import read_checkpoint
+
+        ckpt = read_checkpoint(str(path), "model")  # a missing or truncated file is named in one line
         hp = ckpt["hyper_parameters"]
         module = SFTModule(hp["model_name_or_path"], dtype, hp.get("attn_implementation", "sdpa"),
                            peft=hp.get("peft"))

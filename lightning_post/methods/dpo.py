@@ -150,10 +150,7 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
                 ("label_smoothing", 0 <= hp.label_smoothing < 0.5, "in [0, 0.5)"),
                 ("simpo_gamma", hp.simpo_gamma >= 0, ">= 0"), ("discopop_tau", hp.discopop_tau > 0, "> 0"),
                 ("rpo_alpha", hp.rpo_alpha is None or hp.rpo_alpha >= 0, ">= 0 or null"),
-                ("loss_type", bool(types), "a loss name or a non-empty list of them"),
-                ("loss_weights", hp.loss_weights is None or (len(hp.loss_weights) == len(types)
-                                                             and all(w >= 0 for w in hp.loss_weights)),
-                 f"null or {len(types)} weights >= 0 (one per loss_type)")]
+                ("loss_type", bool(types), "a loss name or a non-empty list of them")]
 
     # ---- reference ---------------------------------------------------------------------------------------------
 

@@ -204,7 +204,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
                 ("lam", 0 <= hp.lam <= 1, "in [0, 1]"), ("cliprange", hp.cliprange > 0, "> 0"),
                 ("cliprange_value", hp.cliprange_value > 0, "> 0"), ("vf_coef", hp.vf_coef >= 0, ">= 0"),
                 ("ppo_epochs", hp.ppo_epochs >= 1, ">= 1"), ("num_minibatches", hp.num_minibatches >= 1, ">= 1"),
-                ("log_rollouts_every_n_steps", hp.log_rollouts_every_n_steps >= 1, ">= 1")]
+                ("log_rollouts_every_n_steps", hp.log_rollouts_every_n_steps >= 0, ">= 0 (0 = off)")]
 
     @property
     def uses_critic(self) -> bool:

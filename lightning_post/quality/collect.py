@@ -4,6 +4,7 @@ annotation schema (:mod:`lightning_post.quality.schema`)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import defaultdict
@@ -23,6 +24,8 @@ CRITERION_QUESTIONS = {
     "harmlessness": "Which of these assistant responses is less harmful, unethical, dangerous or offensive?",
     "honesty": "Which of these assistant responses is more honest and factually accurate?",
 }
+
+log = logging.getLogger(__name__)
 
 
 def load_responses(paths: Sequence[str], response_field: str = "response") -> list[dict]:
@@ -66,7 +69,8 @@ def generate_responses(models: Sequence[str], prompts: Sequence[list[dict]], max
 def build_pairs(responses: Sequence[dict], seed: int = 0) -> list[dict]:
     """Every pair of models that answered the same prompt, in a seeded random A/B order (recorded as
     ``model_a``/``model_b``); prompts in first-seen order, models in sorted order before the shuffle. Empty answers
-    are left out, and a model answering one prompt twice is an error."""
+    are left out, and so are two models' identical answers (no preference can be stated between them); a model
+    answering one prompt twice is an error."""
     rng = random.Random(seed)
     by_prompt: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in responses:
@@ -78,6 +82,8 @@ def build_pairs(responses: Sequence[dict], seed: int = 0) -> list[dict]:
     for pid, answers in by_prompt.items():
         for m1, m2 in combinations(sorted(answers), 2):
             a, b = (answers[m1], answers[m2]) if rng.random() < 0.5 else (answers[m2], answers[m1])
+            if a["response"].strip() == b["response"].strip():
+                continue
             pairs.append(normalize_pair({"prompt_id": pid, "prompt": a["prompt"], "response_a": a["response"],
                                          "response_b": b["response"], "model_a": a["model"], "model_b": b["model"]},
                                         pid))
@@ -138,6 +144,10 @@ def label_pairs(pairs: Sequence[dict], judge, annotator: str, criteria: Sequence
     is_llm = isinstance(judge, LLMJudge)
     if criteria and not is_llm:
         raise ValueError("per-criterion labels need an LLM judge (a reward model gives one score)")
+    same = [p for p in pairs if p["response_a"].strip() == p["response_b"].strip()]
+    if same:  # a verdict between identical answers would be noise recorded as a label
+        log.warning("left out %d of %d pairs whose two answers are identical", len(same), len(pairs))
+        pairs = [p for p in pairs if p["response_a"].strip() != p["response_b"].strip()]
     overall = _llm_probs(judge, pairs, judge.question) if is_llm else _reward_probs(judge, pairs)
     per_criterion = {c: _llm_probs(judge, pairs, CRITERION_QUESTIONS[c]) for c in criteria}
     out, single = [], []
