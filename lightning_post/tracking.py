@@ -78,7 +78,8 @@ def check_store_writable(tracking_uri: str, artifact_location: Optional[str] = N
         if path is None:
             continue
         probe = path if path.exists() else next((p for p in path.parents if p.exists()), None)
-        if probe is not None and not os.access(probe, os.W_OK):
+        effective = os.access in os.supports_effective_ids  # the user this process acts as (e.g. after seteuid)
+        if probe is not None and not os.access(probe, os.W_OK, effective_ids=effective):
             raise ConfigError(setting, f"{probe} is not writable by this user; choose another MLflow store "
                                        f"(e.g. --trainer.logger.init_args.{setting}=...)")
 

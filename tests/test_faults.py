@@ -306,3 +306,31 @@ def test_kill_9_of_the_pipeline_stops_its_stage_which_logs_to_stage_log(tmp_path
         time.sleep(0.2)
     log = (stage_dir / "stage.log").read_text()
     assert "SIGTERM: stopping after this step" in log and "stopped by a signal at step" in log, log[-3000:]
+
+
+@pytest.mark.skipif(not hasattr(os, "seteuid") or os.geteuid() != 0, reason="needs root to act as another user")
+def test_a_read_only_tracking_store_is_refused_before_the_run(tmp_path):
+    """MLflow retries a store it cannot write for minutes; the logger refuses it at once, naming the setting. Root
+    writes anywhere, so the check runs as ``nobody`` (effective uid) on a real read-only folder."""
+    import tempfile
+
+    from lightning_post.errors import ConfigError
+    from lightning_post.tracking import check_store_writable
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        store = base / "mlruns"
+        store.mkdir(mode=0o555)
+        uri = f"sqlite:///{store}/mlflow.db"
+        os.seteuid(65534)
+        try:
+            with pytest.raises(ConfigError, match=rf"tracking_uri: {store} is not writable by this user"):
+                check_store_writable(uri, str(base / "artifacts"))
+        finally:
+            os.seteuid(0)
+        check_store_writable(uri, str(base / "artifacts"))  # root may write there: no error
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
