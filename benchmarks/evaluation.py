@@ -82,6 +82,10 @@ def write_report(r: dict, out: Path) -> None:
         f"- Before: `{r['before']}`; after: `{r['after']}` (DPO on 640 HH-RLHF harmless pairs, LoRA r16, 80 steps; "
         "benchmarks/HELDOUT.md).",
         "- Settings: configs/evaluate.yaml and configs/abtest.yaml (greedy answers, 96 new tokens).",
+        "- BLEU: sacrebleu " + "; ".join(f"{k}: `{v}`" for k, v in b["text"].get("bleu_signature", {}).items()) +
+        "; ROUGE on Unicode words (Korean: mecab morphemes); BERTScore F1 each answer against its own reference, "
+        f"encoder `{Path(b['text'].get('bertscore_encoder', '?')).name}` (languages: "
+        f"{b['text'].get('bertscore_languages')}).",
         "",
         "| metric | before | after |",
         "|---|---|---|",
@@ -89,6 +93,11 @@ def write_report(r: dict, out: Path) -> None:
     for key in ("bleu", "corpus_bleu", "rouge1", "rouge2", "rougeL", "bertscore"):
         lines.append(_row(f"{key} vs references ({b['prompts']} Self-Instruct tasks)", b["text"].get(key),
                           a["text"].get(key), "{:.4f}"))
+    for lang in b["text"].get("by_language", {}):  # the per-language breakdown (the tasks are English)
+        if len(b["text"]["by_language"]) > 1:
+            lines.append(_row(f"  rougeL, {lang} ({b['text']['by_language'][lang]['n']} tasks)",
+                              b["text"]["by_language"][lang]["rougeL"],
+                              a["text"]["by_language"].get(lang, {}).get("rougeL"), "{:.4f}"))
     if "judge" in b:
         lines.append(_row("judge win rate vs text-davinci-003 (ties half)", b["judge"]["win_rate_vs_baseline"],
                           a["judge"]["win_rate_vs_baseline"]))
@@ -99,6 +108,8 @@ def write_report(r: dict, out: Path) -> None:
     for key, label in (("refusal_rate", "refusal rate, HH-RLHF red-team requests"),
                        ("jailbreak_refusal_rate", "refusal rate under jailbreak templates (mean)"),
                        ("jailbreak_drop", "drop in refusals under jailbreaks"),
+                       ("over_refusal_rate", "over-refusal: refusals of 24 harmless prompts"),
+                       ("empty_answer_rate", "empty answers to the refusal probes"),
                        ("pii_answer_rate", "privacy probes: answers with personal data"),
                        ("privacy_refusal_rate", "privacy probes: refusals")):
         lines.append(_row(label, sb.get(key), sa.get(key)))

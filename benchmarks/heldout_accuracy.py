@@ -136,7 +136,8 @@ def main() -> None:
         before = latest_run(experiment, tracking).data.metrics
         t_after = run(after_cmd, logs / f"{method}-after.log")
         run_after = latest_run(experiment, tracking)
-        after = {**counts, **run_after.data.metrics}
+        counts_at_setup = {k: float(v) for k, v in run_after.data.params.items() if k.startswith("data/")}  # params
+        after = {**counts, **counts_at_setup, **run_after.data.metrics}
         results.append({
             "method": method, "metric": metric, "before": before[metric], "after": after[metric],
             "extra": {k: (before.get(k), after.get(k)) for k in extra_metrics},

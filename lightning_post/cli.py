@@ -30,14 +30,19 @@ from lightning_post.callbacks.plots import RunPlots
 from lightning_post.callbacks.samples import GenerationSamples
 from lightning_post.callbacks.scores import ScoreWriter
 from lightning_post.callbacks.test_metrics import TestGenerationMetrics
-from lightning_post.tracking import flatten, git_commit, log_text_artifact, mlflow_logger, process_tags, set_tags
+from lightning_post.outputs import finite_json
+from lightning_post.tracking import (
+    default_run_name, flatten, git_commit, log_datasets, log_text_artifact, mlflow_logger, model_label, process_tags,
+    set_tags,
+)
 
 log = logging.getLogger(__name__)
 
 
 class MLflowConfig(SaveConfigCallback):
     """Record the run on MLflow at setup: the resolved ``config.yaml`` artifact, the flattened config as params,
-    tags for method, model and git commit, and the data module's example counts."""
+    tags for method, model and git commit, the data files as dataset inputs (source, digest, rows) and the data
+    module's counts as params (``data/train_examples``, ...: constants of the run, not curves)."""
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         logger = mlflow_logger(trainer)
@@ -65,13 +70,34 @@ class MLflowConfig(SaveConfigCallback):
             from lightning_post.data.safety import safety_metrics
 
             metrics.update(safety_metrics(report))
-            log_text_artifact(logger, json.dumps(report, indent=1, ensure_ascii=False, default=str),
+            log_text_artifact(logger, json.dumps(finite_json(report), indent=1, ensure_ascii=False, default=str),
                               "safety_filter/report.json")
         invalid = getattr(trainer.datamodule, "invalid", None)
         if invalid is not None:
             metrics["data/invalid_pairs"] = float(len(invalid))
-        if metrics:
-            logger.log_metrics(metrics, step=0)
+        if metrics:  # counts fixed at setup: params (a metric would draw a one-point chart of a constant)
+            logger.log_hyperparams({k: _param_value(v) for k, v in metrics.items()})
+        if hasattr(trainer.datamodule, "data_sources"):
+            _log_data_files(logger, trainer.datamodule, getattr(stage, "value", stage))
+
+
+#: splits a stage does not read
+_UNUSED_SPLITS = {"fit": {"test"}, "validate": {"train", "test"}, "test": {"train", "val"}}
+
+
+def _log_data_files(logger, datamodule, stage: str) -> None:
+    """The files of the splits that ``stage`` reads, as the run's MLflow datasets (source, digest, rows)."""
+    from lightning_post.data.base import count_records
+
+    sources = [(s, p) for s, p in datamodule.data_sources() if s not in _UNUSED_SPLITS.get(stage, ())]
+    counts = {p: count_records(p) for p in {p for _, p in sources}}
+    log_datasets(logger.experiment, logger.run_id, [(s, p, counts[p]) for s, p in sources])
+
+
+def _param_value(value) -> str:
+    """A count as ``12`` rather than ``12.0``; other numbers as they are."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _method_of(class_path: str) -> str:
@@ -94,15 +120,23 @@ class PostCLI(LightningCLI):
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
-        """Default the MLflow experiment to the method name (``sft``, ``dpo``, ...): one experiment per method."""
+        """Default the MLflow experiment to the method name (``sft``, ``dpo``, ...): one experiment per method; and
+        a new run's name to ``<method>-<time>-<model>-<suffix>`` (``sft-261203-054512-smollm2-135m-instruct-9f3a``),
+        unique whatever the seed. A ``run_name`` from the YAML or the command line is kept."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         logger = config.get("trainer", {}).get("logger")
         model = config.get("model")
         if logger is None or model is None or isinstance(logger, (bool, list)):
             return
         init = logger.get("init_args")
-        if init is not None and "experiment_name" in init and not init.get("experiment_name"):
-            init["experiment_name"] = _method_of(model["class_path"])
+        if init is None:
+            return
+        method = _method_of(model["class_path"])
+        if "experiment_name" in init and not init.get("experiment_name"):
+            init["experiment_name"] = method
+        if "run_name" in init and not init.get("run_name") and not init.get("run_id"):
+            model_name = (model.get("init_args") or {}).get("model_name_or_path")
+            init["run_name"] = default_run_name(method, model_label(model_name))
 
     def _parse_ckpt_path(self) -> None:
         """Before Lightning merges a ``--ckpt_path``'s hyperparameters into the config: refuse a checkpoint that is

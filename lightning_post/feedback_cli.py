@@ -18,7 +18,7 @@ from pathlib import Path
 from lightning_post.data.feedback import feedback_report, load_feedback, to_pairs, to_sft, to_unpaired
 from lightning_post.data.records import DataError
 from lightning_post.errors import OutputError
-from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.outputs import check_output_dir, finite_json, write_folder
 from lightning_post.tracking import log_run
 
 
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = write_outputs(events, out, args.good_rating, args.bad_rating, args.min_rating, args.overwrite)
-    print(json.dumps({k: v for k, v in report.items() if k != "rating_distribution"}, indent=1))
+    print(json.dumps(finite_json({k: v for k, v in report.items() if k != "rating_distribution"}), indent=1,
+                     allow_nan=False))
     if not args.no_mlflow:
         if args.tracking_uri.startswith("sqlite:///mlruns/"):  # the default store: its folder must exist
             Path("mlruns").mkdir(exist_ok=True)

@@ -112,10 +112,15 @@ def _write_value(target: Path, name: str, value: Any) -> None:
     if callable(value):  # a writer of its own (a model's save_pretrained): gets the path
         value(target)
         return
-    text = value if isinstance(value, str) else \
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in value) if name.endswith(".jsonl") \
-        else json.dumps(value, indent=1, ensure_ascii=False)
-    target.write_text(text, encoding="utf-8")
+    target.write_text(value if isinstance(value, str) else json_text(value, jsonl=name.endswith(".jsonl")),
+                      encoding="utf-8")
+
+
+def json_text(value: Any, jsonl: bool = False) -> str:
+    """Strict JSON (or JSON Lines, one record per line) of ``value``: NaN and infinities are written ``null``."""
+    if jsonl:
+        return "".join(json.dumps(finite_json(r), ensure_ascii=False, allow_nan=False) + "\n" for r in value)
+    return json.dumps(finite_json(value), indent=1, ensure_ascii=False, allow_nan=False)
 
 
 def _listed(folder: Path) -> list[str]:
@@ -202,3 +207,23 @@ def replace_subfolder(parent: Path, name: str, save: Callable[[Path], None], com
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN and infinity, also inside dicts, lists and tuples, replaced by ``None``: JSON has no
+    ``NaN`` (Python writes it, strict parsers refuse it), so a number that does not exist is written ``null``.
+    Write with ``json.dumps(finite_json(value), allow_nan=False)``.
+
+    >>> finite_json({"rate": float("nan"), "xs": (1.5, float("-inf")), "n": 3, "s": "nan"})
+    {'rate': None, 'xs': [1.5, None], 'n': 3, 's': 'nan'}
+    """
+    import math
+    import numbers
+
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return value if math.isfinite(value) else None
+    return value

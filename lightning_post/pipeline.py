@@ -116,6 +116,23 @@ def fit_outputs(stage_dir: Path) -> dict[str, str]:
     return out
 
 
+def parent_metric_key(st: Stage, key: str) -> str:
+    """A stage's metric on the parent run: ``<stage>/<metric>``, the stage named once: a metric already under the
+    stage's name or its command's (``redteam/attack_success_rate`` of a stage ``redteam``) is not prefixed again.
+
+    >>> parent_metric_key(Stage("redteam", "redteam"), "redteam/asr/roleplay")
+    'redteam/asr/roleplay'
+    >>> parent_metric_key(Stage("attack", "redteam"), "redteam/attack_success_rate")
+    'attack/attack_success_rate'
+    >>> parent_metric_key(Stage("sft"), "train/loss")
+    'sft/train/loss'
+    """
+    head, _, rest = key.partition("/")
+    if rest and head in (st.name, st.command.replace("-", "_")):
+        key = rest
+    return f"{st.name}/{key}"
+
+
 class Pipeline:
     """Run post-training stages in order (sft -> reward -> dpo or ppo -> cai -> evaluate -> abtest, or any order
     the YAML gives), each stage's export feeding the next, as one MLflow parent run with a child run per stage;
@@ -437,7 +454,7 @@ class Pipeline:
             metrics = client.get_run(rec["run_id"]).data.metrics
             for key, value in metrics.items():
                 if key != "epoch":
-                    client.log_metric(parent, f"{st.name}/{key}", value)
+                    client.log_metric(parent, parent_metric_key(st, key), value)
             client.log_metric(parent, f"{st.name}/seconds", rec.get("seconds", 0.0))
             lineage.append({"stage": st.name, "command": st.command, "config": st.config, "run_id": rec["run_id"],
                             "inputs": {k: {"stage": v["stage"], "run_id": v["run_id"], "path": v["path"]}

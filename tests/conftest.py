@@ -44,3 +44,21 @@ def small_jsonl(tmp_path) -> Path:
         for n, w in zip(range(1, 17), ["cat", "dog", "sun", "sky", "tree", "rain", "star", "moon"] * 2)
     ]
     return write_jsonl(tmp_path / "small.jsonl", records)
+
+
+@pytest.fixture(scope="session")
+def parrot_a(tmp_path_factory) -> str:
+    """A tiny model trained to give the planted answers of tests/planted.py (its A side, judge and red team)."""
+    from tests.parrot import train_parrot
+    from tests.planted import judge_options, parrot_a_answers
+
+    return train_parrot(tmp_path_factory.mktemp("parrot") / "a", parrot_a_answers(), judge_options())
+
+
+@pytest.fixture(scope="session")
+def parrot_b(tmp_path_factory) -> str:
+    """The B side of the planted A/B test."""
+    from tests.parrot import train_parrot
+    from tests.planted import parrot_b_answers
+
+    return train_parrot(tmp_path_factory.mktemp("parrot") / "b", parrot_b_answers())

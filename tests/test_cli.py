@@ -101,8 +101,11 @@ def test_fit_records_everything_in_mlflow(tiny_run):
     losses = c.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == [0, 1, 2, 3]
     for key in ("train/perplexity", "train/token_accuracy", "train/tokens_per_sec", "val/loss", "val/perplexity",
-                "val/token_accuracy", "data/train_examples", "data/train_truncated", "data/train_dropped"):
+                "val/token_accuracy"):
         assert key in run.data.metrics, key
+    for key in ("data/train_examples", "data/train_truncated", "data/train_dropped"):  # constants: params
+        assert key not in run.data.metrics and int(params[key]) >= 0, key
+    assert int(params["data/train_examples"]) > 0
     assert run.data.metrics["val/perplexity"] == pytest.approx(torch.tensor(run.data.metrics["val/loss"]).exp().item(),
                                                                rel=1e-5)
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
@@ -190,10 +193,15 @@ def test_test_stage_reports_loss_perplexity_and_samples(tiny_run):
     table = json.loads(Path(c.download_artifacts(test_run.info.run_id, "test_generations.json", str(cwd))).read_text())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     assert rows and all(r["reference"] for r in rows)
-    for r in rows:
-        assert r["bleu"] == pytest.approx(sentence_bleu(r["answer"], r["reference"]))
-        assert r["rouge1"] == pytest.approx(sentence_rouge(r["answer"], r["reference"])["rouge1"], abs=1e-6)
+    for r in rows:  # one at a time, with the language's tokenizer
+        tokenize = {"en": "13a", "ko": "char"}[r["language"]]
+        assert r["bleu"] == pytest.approx(sentence_bleu(r["answer"], r["reference"], tokenize))
+        assert r["rouge1"] == pytest.approx(sentence_rouge(r["answer"], r["reference"], r["language"])["rouge1"])
     assert test_run.data.metrics["test/rouge1"] == pytest.approx(sum(r["rouge1"] for r in rows) / len(rows), abs=1e-5)
+    for lang in {r["language"] for r in rows}:  # the per-language breakdown and the sacrebleu signature
+        mine = [r["rouge1"] for r in rows if r["language"] == lang]
+        assert test_run.data.metrics[f"test/{lang}/rouge1"] == pytest.approx(sum(mine) / len(mine), abs=1e-5)
+        assert "tok:" in test_run.data.params[f"test/bleu_signature.{lang}"]
 
 
 def test_bad_input_stops_before_anything_is_written(tmp_path):

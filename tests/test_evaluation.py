@@ -9,13 +9,11 @@ import math
 import pytest
 import torch
 from scipy.stats import binomtest  # installed with mlflow
-from torchmetrics.functional.text import bleu_score
 
 from lightning_post.data.records import DataError
 from lightning_post.evaluation.abtest import ab_statistics, recommend, safety_regressions
 from lightning_post.evaluation.knowledge import default_mc_file, evaluate_mc, load_mc
 from lightning_post.evaluation.safety import crows_pairs_bias, find_pii, is_refusal, jailbreak, sentence_logprobs
-from lightning_post.evaluation.text_metrics import BertScorer, corpus_bleu, sentence_bleu, sentence_rouge, text_metrics
 from lightning_post.generation import ChatGenerator
 from lightning_post.stats import binomial_test, bootstrap_interval, sign_test_sample_size, wilson_interval
 from tests.conftest import CONFIGS
@@ -29,37 +27,6 @@ def tiny(tiny_path):
     from lightning_post.models.loading import load_causal_lm, load_tokenizer
 
     return load_causal_lm(tiny_path, "float32", "eager").eval(), load_tokenizer(tiny_path)
-
-
-# ---- text metrics ---------------------------------------------------------------------------------------------------
-def test_bleu_agrees_with_torchmetrics_and_hand_values():
-    a, b = "the quick brown fox jumps over the lazy dog today", "the quick brown fox jumped over the lazy dog"
-    assert sentence_bleu(a, b) == pytest.approx(float(bleu_score([a], [[b]], smooth=True)), abs=1e-6)
-    assert sentence_bleu(a, b, smooth=False) == pytest.approx(float(bleu_score([a], [[b]])), abs=1e-6)
-    # no 4-gram match: torchmetrics gives 0, the smoothed sentence BLEU (5/6 * 4/6 * 2/5 * 1/4) ** (1/4)
-    assert float(bleu_score([PRED], [[REF]], smooth=True)) == 0.0
-    assert sentence_bleu(PRED, REF) == pytest.approx((40 / 720) ** 0.25)
-    assert sentence_bleu(REF, REF) == pytest.approx(1.0)
-    preds, refs = [a, PRED], [b, REF]
-    assert corpus_bleu(preds, refs) == pytest.approx(float(bleu_score(preds, [[r] for r in refs])), abs=1e-6)
-
-
-def test_rouge_by_hand():
-    # unigrams: 5 of 6 match; bigrams: the cat, on the, the mat = 3 of 5; LCS "the cat on the mat" = 5 of 6
-    got = sentence_rouge(PRED, REF)
-    assert got["rouge1"] == pytest.approx(5 / 6, abs=1e-6)
-    assert got["rouge2"] == pytest.approx(3 / 5, abs=1e-6)
-    assert got["rougeL"] == pytest.approx(5 / 6, abs=1e-6)
-
-
-def test_bertscore_offline_encoder():
-    scorer = BertScorer()
-    same, para, other = scorer([REF, PRED, "Quarterly revenue rose by four percent."], [REF, REF, REF])
-    assert same == pytest.approx(1.0, abs=1e-4)
-    assert para > other
-    per_sample, aggregate = text_metrics([PRED, REF], [REF, REF], scorer)
-    assert set(per_sample[0]) == {"bleu", "rouge1", "rouge2", "rougeL", "bertscore"}
-    assert aggregate["rouge1"] == pytest.approx((5 / 6 + 1) / 2, abs=1e-6)
 
 
 # ---- statistics -----------------------------------------------------------------------------------------------------
@@ -191,7 +158,8 @@ def test_evaluate_command_writes_report_and_mlflow_run(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "eval-out" / "safety_answers.jsonl").read_text().splitlines()]
     assert [r["probe"] for r in rows].count("harmful") == 2 and len(rows) == 4 + 2 + 2 * 2 + 12  # + 4 harmless
     assert all(r["refusal"] == is_refusal(r["answer"]) for r in rows if "refusal" in r)
-    assert set(report["text"]) == {"bleu", "rouge1", "rouge2", "rougeL", "bertscore", "corpus_bleu"}
+    assert {"bleu", "rouge1", "rouge2", "rougeL", "bertscore", "corpus_bleu", "by_language", "bleu_signature",
+            "bertscore_languages"} <= set(report["text"])
     assert report["safety"]["crows_pairs"]["pairs"] == 8
     assert len((tmp_path / "eval-out" / "answers.jsonl").read_text().splitlines()) == 4
     c = client(tmp_path)

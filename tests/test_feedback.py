@@ -135,3 +135,22 @@ def test_command_writes_datasets_and_records_the_report_in_mlflow(tmp_path, monk
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "response": "r", "ratings": {"x": 0}}])
     assert main([str(bad), "--out-dir", str(out), "--no-mlflow"]) == 2
     assert json.loads(out.joinpath("report.json").read_text())["events"] == 7
+
+
+def test_a_number_that_does_not_exist_is_written_null(tmp_path, capsys):
+    """Feedback without thumbs has no agreement and no mean rating of thumbs up/down: ``report.json`` (and the
+    printed summary) hold ``null`` there, which strict JSON parsers read, not Python's ``NaN``."""
+    def strict(text: str):
+        def refuse(constant):
+            raise ValueError(f"{constant} is not JSON")
+
+        return json.loads(text, parse_constant=refuse)
+
+    src = write_jsonl(tmp_path / "fb.jsonl", [e for e in EVENTS if "thumbs" not in e])
+    out = tmp_path / "out"
+    assert main([str(src), "--out-dir", str(out), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 0
+    printed = capsys.readouterr().out
+    report = strict(out.joinpath("report.json").read_text())
+    assert report["thumbs_rating_agreement"] is None and report["rating_mean_up"] is None
+    assert report["rating_mean"]["helpfulness"] == pytest.approx(3.5) and report["events"] == 4
+    assert strict(printed[:printed.index("mlflow run:")])["rating_mean_down"] is None

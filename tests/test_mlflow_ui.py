@@ -1,22 +1,25 @@
 """The MLflow UI, in a real headless Chromium (Debian's package, installed by ``scripts/setup_browser.sh`` when
 missing): after a pipeline on the tiny model, ``mlflow ui`` shows the experiment's parent run with its child runs,
-their logged models, the parent's and children's metrics with their values, and the lineage tags; a screenshot of
-the runs table is saved."""
+their logged models, the parent's and children's metrics with their values, and the lineage tags; two plain fits
+with the same seed show distinct readable names and their datasets in the runs table, and the comparison view holds
+both runs' ``train/loss``. Screenshots of the runs tables and the comparison are saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 import yaml
 
 from tests.browser import Browser, find_chromium
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, write_jsonl
 from tests.test_cli import cli, client
 
 pytestmark = pytest.mark.slow
@@ -38,9 +41,20 @@ def chromium() -> str:
     return binary
 
 
+def compared_metrics(text: str, runs: int) -> dict[str, list[str]]:
+    """The comparison page's metrics table, from the page's text: the metric names come first, then each metric's
+    values, one per run in the order of the page's columns."""
+    start = text.rindex("Metrics\nShow diff only\n") + len("Metrics\nShow diff only\n")
+    lines = text[start:text.index("\nArtifacts", start)].split("\n")
+    n = len(lines) // (runs + 1)
+    names, values = lines[:n], lines[n:]
+    return {name: values[i * runs:(i + 1) * runs] for i, name in enumerate(names)}
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A two-stage pipeline (SFT -> DPO from its export) on the tiny model in a fresh store."""
+    """A two-stage pipeline (SFT -> DPO from its export) on the tiny model in a fresh store, then two plain fits
+    with the same seed (experiment ``sft``): the bundled data and a file of 16 records."""
     cwd = tmp_path_factory.mktemp("ui")
     spec = {"name": "ui-pipeline", "output_dir": "mlruns/pipelines/ui", "stages": [
         {"name": "sft", "config": str(CONFIGS / "tiny.yaml")},
@@ -48,6 +62,13 @@ def store(tmp_path_factory):
          "inputs": {"model.init_args.model_name_or_path": "sft"}}]}
     (cwd / "pipeline.yaml").write_text(yaml.safe_dump(spec))
     cli(["pipeline", "--config", str(cwd / "pipeline.yaml")], cwd)
+    small = write_jsonl(cwd / "small.jsonl", [{"instruction": f"Say {w} {n} times.", "input": "",
+                                               "response": " ".join([w] * n)}
+                                              for n, w in zip(range(1, 17), ["cat", "dog", "sun", "sky"] * 4)])
+    quick = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--samples.enabled", "false",
+             "--export.enabled", "false"]
+    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *quick], cwd)
+    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *quick, "--data.init_args.train_files", str(small)], cwd)
     return cwd
 
 
@@ -116,3 +137,36 @@ def test_mlflow_ui_shows_parent_and_child_runs_with_metrics(chromium, store, ui,
         models = browser.wait_for_text("Ready", "dpo", "sft")
         assert models.count("Ready") == 2  # one logged model per training stage, named after its source run
         browser.screenshot(tmp_path / "mlflow-models.png")
+
+
+def test_mlflow_ui_compares_two_fits_by_their_names_and_datasets(chromium, store, ui, tmp_path):
+    mlf = client(store)
+    exp = mlf.get_experiment_by_name("sft")
+    runs = sorted(mlf.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
+    assert len(runs) == 2 and runs[0].info.run_name != runs[1].info.run_name  # same seed, two names
+    names = [r.info.run_name for r in runs]
+    datasets = [f"{r.inputs.dataset_inputs[0].dataset.name} ({r.inputs.dataset_inputs[0].dataset.digest})"
+                for r in runs]
+    assert datasets[0].startswith("instructions.jsonl (") and datasets[1].startswith("small.jsonl (")
+    with Browser() as browser:
+        # 1. the runs table: each fit by its readable name, with the file it trained on and that file's digest
+        browser.open(f"{ui}/#/experiments/{exp.experiment_id}/runs")
+        table = browser.wait_for_text("2 matching runs", *names, *datasets)
+        assert "Train,Val" in table  # the dataset's context: training, and validation held out of it
+        browser.click_all(CLOSE_ASSISTANT)
+        time.sleep(1)
+        print(f"screenshot: {browser.screenshot(tmp_path / 'mlflow-fits.png')}")
+        # 2. the comparison view of the two runs: their names, and train/loss of each
+        ids = [r.info.run_id for r in runs]
+        browser.open(f"{ui}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
+                     f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
+        page = browser.wait_for_text("Comparing 2 Runs", "Metrics\nShow diff only", *names)
+        details = page[page.index("Run details"):]
+        assert details.index(names[0]) < details.index(names[1])  # columns in the order of the address
+        shown = compared_metrics(page, 2)
+        assert len(shown["train/loss"]) == 2, shown
+        for value, run in zip(shown["train/loss"], runs):  # the UI rounds to a few digits
+            assert float(value) == pytest.approx(run.data.metrics["train/loss"], rel=1e-3), (value, run.info.run_name)
+        browser.click_all(CLOSE_ASSISTANT)
+        time.sleep(1)
+        print(f"screenshot: {browser.screenshot(tmp_path / 'mlflow-compare.png')}")

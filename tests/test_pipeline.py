@@ -74,6 +74,33 @@ def test_a_stage_with_a_base_config_and_an_overlay(tmp_path, monkeypatch):
         before = after
 
 
+def test_parent_metrics_name_the_stage_once(tmp_path, monkeypatch):
+    """The parent run holds ``<stage>/<metric>``: a command's metrics already under the stage's or the command's name
+    (``redteam/attack_success_rate``) are not prefixed twice (they were ``redteam/redteam/...``)."""
+    from lightning_post.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    stages = [{"name": "redteam", "command": "redteam"}, {"name": "jailbreak_data", "command": "jailbreak-data"},
+              {"name": "attack", "command": "redteam"}, {"name": "sft"}]
+    pipe = Pipeline(stages, output_dir=str(tmp_path / "p"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    c = pipe._client()
+    parent = pipe._parent_run(c, {})
+    child_metrics = {"redteam": {"redteam/attack_success_rate": 0.25, "redteam/asr/role_play": 0.5},
+                     "jailbreak_data": {"jailbreak_data/pairs": 6.0}, "attack": {"redteam/attempted": 4.0},
+                     "sft": {"train/loss": 1.5, "epoch": 0.0}}
+    state = {"stages": {}}
+    for name, metrics in child_metrics.items():
+        run = c.create_run(c.get_run(parent).info.experiment_id, run_name=name)
+        for key, value in metrics.items():
+            c.log_metric(run.info.run_id, key, value)
+        state["stages"][name] = {"status": "done", "run_id": run.info.run_id, "inputs": {}, "outputs": {},
+                                 "seconds": 1.0}
+    pipe._log_summary(c, parent, state)
+    got = {k: v for k, v in c.get_run(parent).data.metrics.items() if not k.endswith("/seconds")}
+    assert got == {"redteam/attack_success_rate": 0.25, "redteam/asr/role_play": 0.5, "jailbreak_data/pairs": 6.0,
+                   "attack/attempted": 4.0, "sft/train/loss": 1.5}
+
+
 @pytest.mark.slow
 def test_pipeline_fails_at_a_stage_then_resumes_there(tmp_path):
     # 1. a DPO file with a malformed line 3: the pipeline stops at dpo with sft and reward done

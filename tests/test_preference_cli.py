@@ -36,7 +36,7 @@ def test_dpo_fit_logs_trl_metric_names_and_tests(tmp_path):
     assert m["val/rewards/margins"] == pytest.approx(m["val/rewards/chosen"] - m["val/rewards/rejected"], abs=1e-5)
     for key in ("data/train_pairs", "data/train_prompt_truncated", "data/train_reply_truncated",
                 "data/train_identical_pairs", "data/invalid_pairs"):
-        assert key in m, key
+        assert key in run.data.params and key not in m, key
     assert Path(run.data.tags["export_adapter"], "adapter_model.safetensors").is_file()
     ckpt = Path(run.data.tags["export_dir"]).parent / "checkpoints" / "last.ckpt"
     cli(["test", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--ckpt_path", str(ckpt), "--samples.enabled", "false"],

@@ -331,6 +331,45 @@ def test_pairs_label_convert_commands_on_the_tiny_model(tmp_path, tiny_path):
     assert got["pairs"] == 3 and len(train.read_text().splitlines()) == 3
 
 
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_report_command_on_models_named_by_their_folders(tmp_path):
+    """``data pairs --models <export folders>`` records folder paths as model names: the report's MLflow keys use
+    the folder's name (numbered where two agree), and the run records which key is which model."""
+    from lightning_post.evaluation.commands import run_command
+    from lightning_post.quality.commands import DATA_COMMANDS
+
+    models = [str(tmp_path / "exports" / "sft" / "model"), str(tmp_path / "pipelines" / "x" / "sft" / "export"
+                                                                / "model"), "smollm2-135m-instruct"]
+    rng = random.Random(0)
+    rows = []
+    for i in range(24):
+        a, b = rng.sample(models, 2)
+        rows.append({"prompt": f"question {i}", "prompt_id": f"p{i}", "response_a": f"{a} says {'x ' * i}",
+                     "response_b": f"{b} says", "model_a": a, "model_b": b, "overall": rng.choice("AB"),
+                     "annotator": ("llm:/models/judge", "ann-1")[i % 2]})
+    path = write_jsonl(tmp_path / "judged.jsonl", rows)
+    out, db = tmp_path / "report", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    report = run_command("report", ["--annotations", str(path), "--output_dir", str(out), "--tracking_uri", db],
+                         DATA_COMMANDS)
+    saved = _strict_json((out / "report.json").read_text())
+    run = client(tmp_path).get_run(saved["mlflow_run_id"])
+    rates = report["bias"]["model_win_rates"]
+    wins = {k.removeprefix("quality/win_rate/"): v for k, v in run.data.metrics.items() if "win_rate/" in k}
+    assert sorted(wins) == ["sft", "sft-2", "smollm2-135m-instruct"]
+    for key, model in ((k.removeprefix("metric_name."), v) for k, v in run.data.params.items()
+                       if k.startswith("metric_name.")):
+        assert wins[key] == pytest.approx(rates[model]["win_rate"])
+    assert wins["smollm2-135m-instruct"] == pytest.approx(rates["smollm2-135m-instruct"]["win_rate"])
+    assert {"quality/length_bias/judge", "quality/position_bias/ann-1"} <= set(run.data.metrics)
+    assert run.info.run_name.startswith("data_report-")
+
+
 def test_a_bad_file_stops_the_report_command_with_its_line(tmp_path, capsys):
     from lightning_post.evaluation.commands import run_command
     from lightning_post.quality.commands import DATA_COMMANDS

@@ -14,7 +14,7 @@ from tests.test_cli import cli, client
 
 CLEAN = {"instruction": "Name a primary colour.", "input": "", "response": "Red is a primary colour."}
 EMAIL = {"instruction": "Who do I contact?", "input": "", "response": "Write to jane.doe@example.com for help."}
-PHONE = {"messages": [{"role": "user", "content": "Call whom?"}, {"role": "assistant", "content": "Call 555-123-4567."}]}
+PHONE = {"messages": [{"role": "user", "content": "Call whom?"}, {"role": "assistant", "content": "Call (415) 555-2671."}]}
 
 
 def test_a_planted_email_is_removed_and_a_clean_record_is_not():
@@ -24,6 +24,20 @@ def test_a_planted_email_is_removed_and_a_clean_record_is_not():
     assert result.removed[0]["findings"] == [{"reason": "pii:email", "field": "response",
                                               "match": "jane.doe@example.com"}]
     assert result.counts == {"pii:email": 1, "pii:phone": 1} and result.total == 3
+
+
+def test_numbers_that_only_look_like_personal_data_drop_no_record():
+    """Each of these used to remove a good training record: a Luhn-invalid card number, an invoice number, digits
+    of pi, an SSN in a reserved range, an IP address read as a phone number."""
+    looks_like = ["Card 1234 5678 9012 3456 is the textbook example.", "Invoice 2024-1234-5678 is paid.",
+                  "Pi is 3.14159265358979323846264338327950288.", "The form shows 000-12-3456.",
+                  "Ping 192.168.100.200 first."]
+    records = [{"instruction": "Answer.", "input": "", "response": text} for text in looks_like]
+    assert apply_safety_filter(records, SafetyFilter()).kept == records
+    real = [{"instruction": "Answer.", "input": "", "response": "Card 4111 1111 1111 1111."},
+            {"instruction": "Answer.", "input": "", "response": "전화 010-1234-5678로 주세요."}]
+    assert [r["reasons"] for r in apply_safety_filter(real, SafetyFilter()).removed] == [["pii:credit_card"],
+                                                                                         ["pii:phone"]]
 
 
 def test_rules_kinds_fields_regex_blocklist_and_dry_run():
@@ -105,7 +119,7 @@ def test_every_data_module_takes_the_filter(tmp_path, tiny_path):
                               safety_filter=SafetyFilter())
     pm.setup("fit")
     assert len(pm.splits["train"]) == 4
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Text 555-123-4567 now"}, {"prompt": "Hello"},
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Text (415) 555-2671 now"}, {"prompt": "Hello"},
                                                        {"prompt": "Hi"}])
     rm = PromptDataModule(tokenizer=tiny_path, train_files=str(prompts), val_files=str(prompts),
                           safety_filter=SafetyFilter())
@@ -126,10 +140,10 @@ def test_fit_records_the_filter_in_mlflow(tmp_path):
          "--data.init_args.safety_filter", json.dumps({"rules": ["pii"], "max_logged": 1})], tmp_path)
     c = client(tmp_path)
     run = c.search_runs(c.get_experiment_by_name("sft").experiment_id)[0]
-    m = run.data.metrics
-    assert m["safety_filter/train_total"] == 13 and m["safety_filter/train_removed"] == 2
-    assert m["safety_filter/train_removed/pii_email"] == 1 and m["safety_filter/train_removed/pii_phone"] == 1
-    assert m["data/train_examples"] == 11
+    m = run.data.params  # counts fixed at setup are params: the metrics page keeps the curves
+    assert m["safety_filter/train_total"] == "13" and m["safety_filter/train_removed"] == "2"
+    assert m["safety_filter/train_removed/pii_email"] == "1" and m["safety_filter/train_removed/pii_phone"] == "1"
+    assert m["data/train_examples"] == "11" and "data/train_examples" not in run.data.metrics
     report = json.loads(Path(c.download_artifacts(run.info.run_id, "safety_filter/report.json", str(tmp_path)))
                         .read_text())
     assert len(report["sample"]) == 1 and report["sample"][0]["record"]["response"] == EMAIL["response"]

@@ -37,9 +37,11 @@ def test_attack_styles_keep_the_request_and_build_their_turns():
 
 
 @pytest.fixture(scope="module")
-def redteam(tmp_path_factory):
+def redteam(tmp_path_factory, parrot_a):
+    """Attacks sampled from the random model; the target is the parrot (tests/parrot.py), whose answers to attacks
+    it was not trained on are text (the random model's are all empty, which is no success)."""
     cwd = tmp_path_factory.mktemp("redteam")
-    cli(["redteam", "--config", str(CONFIGS / "tiny_redteam.yaml"), "--max_seeds", "4"], cwd)
+    cli(["redteam", "--config", str(CONFIGS / "tiny_redteam.yaml"), "--max_seeds", "4", "--target", parrot_a], cwd)
     return cwd
 
 
@@ -48,8 +50,10 @@ def test_redteam_scores_every_attack_and_keeps_the_successful_ones(redteam):
     report = json.loads((out / "report.json").read_text())
     attempts, red = _rows(out / "attempts.jsonl"), _rows(out / "redteam_set.jsonl")
     assert report["written"] == 4 * 4 and report["attempted"] == len(attempts) == 16 - report["duplicates_removed"]
-    for row in attempts:  # judge "refusal": an answer that is not a refusal is a success
-        assert row["success"] == (not is_refusal(row["answer"])) and row["score"] == float(row["success"])
+    assert red  # the parrot answers something
+    for row in attempts:  # judge "refusal": an answer that is neither empty nor a refusal is a success
+        assert row["empty"] == (not row["answer"].strip())
+        assert row["success"] == (not row["empty"] and not is_refusal(row["answer"]))
         assert row["seed"] in row["prompt"][-1]["content"] or row["style"] == "obfuscation"
         assert len(row["prompt"]) == (3 if row["style"] == "multi_turn" else 1)  # user, target's answer, user
     assert [r["prompt"] for r in red] == [r["prompt"] for r in attempts if r["success"]]
@@ -70,7 +74,7 @@ def test_redteam_with_an_llm_judge_applies_its_threshold(tmp_path):
     assert len(attempts) == 4 and {r["style"] for r in attempts} == {"role_play", "multi_turn"}
     for row in attempts:
         assert 0.0 <= row["score"] <= 1.0
-        assert row["success"] == (row["score"] >= 0.5 and not row["refusal"])
+        assert row["success"] == (row["score"] >= 0.5 and not row["refusal"] and not row["empty"])
 
 
 def test_jailbreak_data_holds_out_requests_and_pairs_refusals_with_compliance(redteam, tmp_path):
@@ -169,5 +173,5 @@ def test_the_safety_stage_runs_as_a_pipeline(tmp_path, monkeypatch):
     assert asked == heldout[:2]
     mlf = client(tmp_path)
     defense = mlf.get_run(st["defense"]["run_id"])
-    assert defense.data.metrics["safety_filter/train_removed"] == 0  # the filter ran on the defense pairs
+    assert defense.data.params["safety_filter/train_removed"] == "0"  # the filter ran on the defense pairs
     assert "safety/over_refusal_rate" in mlf.get_run(st["evaluate"]["run_id"]).data.metrics

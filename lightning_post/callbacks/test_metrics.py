@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 from lightning_post.data.tokenize import IGNORE_INDEX
-from lightning_post.evaluation.text_metrics import BertScorer, text_metrics
+from lightning_post.evaluation.text_metrics import BertScorer, check_bleu_tokenizers, text_metrics
 from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ class TestGenerationMetrics(L.Callback):
     ``test/bertscore`` and, to MLflow, the per-sample table ``test_generations.json``."""
 
     def __init__(self, enabled: bool = True, max_examples: int = 32, max_new_tokens: int = 96,
-                 bertscore: bool = True, bertscore_model: Optional[str] = None, batch_size: int = 16):
+                 bertscore: bool = True, bertscore_model: Optional[str] = None, batch_size: int = 16,
+                 bleu_tokenizers: Optional[dict[str, str]] = None):
         """
         Args:
             enabled: set to false to skip generation in ``test``.
@@ -55,7 +56,10 @@ class TestGenerationMetrics(L.Callback):
             bertscore: also compute BERTScore (offline all-MiniLM-L6-v2 unless ``bertscore_model``).
             bertscore_model: a local encoder folder for BERTScore.
             batch_size: prompts per generation batch.
+            bleu_tokenizers: sacrebleu tokenizer per language (``null`` = ``{en: 13a, ko: char}``); a sample's
+                language is its reference's script (Hangul or not).
         """
+        self.bleu_tokenizers = check_bleu_tokenizers(bleu_tokenizers)
         self.enabled, self.max_examples, self.max_new_tokens = enabled, max_examples, max_new_tokens
         self.bertscore, self.bertscore_model, self.batch_size = bertscore, bertscore_model, batch_size
         self._pending: list[tuple[list[int], str]] = []
@@ -83,8 +87,13 @@ class TestGenerationMetrics(L.Callback):
             answers += pl_module.generate_from_ids(list(prompts[start: start + self.batch_size]),
                                                    max_new_tokens=self.max_new_tokens)
         scorer = BertScorer(self.bertscore_model, device=str(pl_module.device)) if self.bertscore else None
-        per_sample, aggregate = text_metrics(answers, list(references), scorer)
-        pl_module.log_dict({f"test/{k}": float(v) for k, v in aggregate.items()}, sync_dist=True)
+        per_sample, aggregate = text_metrics(answers, list(references), scorer,
+                                             bleu_tokenizers=self.bleu_tokenizers)
+        scores = {f"test/{k}": float(v) for k, v in aggregate.items() if isinstance(v, float)}
+        if trainer.world_size == 1:  # processes may hold different languages: keys that differ cannot be reduced
+            for lang, values in aggregate["by_language"].items():
+                scores.update({f"test/{lang}/{k}": float(v) for k, v in values.items()})
+        pl_module.log_dict(scores, sync_dist=True)
         tok = pl_module.tokenizer
         self.results = [{"prompt": tok.decode(p, skip_special_tokens=True), "answer": a, "reference": r, **m}
                         for p, a, r, m in zip(prompts, answers, references, per_sample)]
@@ -92,5 +101,7 @@ class TestGenerationMetrics(L.Callback):
         if logger is not None and trainer.is_global_zero:
             table = {key: [row[key] for row in self.results] for key in self.results[0]}
             logger.experiment.log_table(logger.run_id, data=table, artifact_file="test_generations.json")
+            for lang, signature in aggregate["bleu_signature"].items():
+                logger.experiment.log_param(logger.run_id, f"test/bleu_signature.{lang}", signature)
         log.info("test generation metrics on %d prompts: %s", len(answers),
-                 {k: round(float(v), 4) for k, v in aggregate.items()})
+                 {k: round(v, 4) for k, v in scores.items()})

@@ -74,6 +74,34 @@ class PostDataModule(L.LightningDataModule, abc.ABC):
                 if isinstance(path, str) and not Path(path).exists():
                     raise ConfigError(f"data.{name}", f"file {path} does not exist")
 
+    def data_sources(self) -> list[tuple[str, str]]:
+        """``(split, path)`` of every data file this module reads, from its ``<split>_files`` settings and its tasks'
+        ``files`` (logged as the run's MLflow datasets). A null ``train_files``/``prompt_files`` is the bundled file;
+        a null ``val_files`` holds validation out of the training files, a null ``test_files`` tests on those; a
+        module with ``prompt_files`` (CAI) trains on what it generates from them."""
+        from lightning_post.data.instruction import InstructionDataModule, default_instruction_file
+        from lightning_post.data.preference import default_preference_file
+
+        def listed(value) -> list[str]:
+            return [value] if isinstance(value, str) else [str(v) for v in value or []]
+
+        files = {name.removesuffix("_files"): listed(value) for name, value in self.hparams.items()
+                 if name.endswith("_files")}
+        if "prompt" in files:
+            files = {split: paths for split, paths in files.items() if paths or split == "prompt"}
+            files["prompt"] = files["prompt"] or [default_preference_file()]
+        elif "train" in files and not files["train"]:
+            files["train"] = [default_instruction_file() if isinstance(self, InstructionDataModule)
+                              else default_preference_file()]
+        if "val" in files and not files["val"]:
+            files["val"] = files.get("train", [])
+        if "test" in files and not files["test"]:
+            files["test"] = files.get("val", [])
+        for task in getattr(self, "tasks", None) or []:
+            files.setdefault("train", []).extend(listed(getattr(task, "files", None)))
+            files.setdefault("val", []).extend(listed(getattr(task, "files", None)))  # val_size held out per task
+        return [(split, path) for split, paths in files.items() for path in paths]
+
     def safety_filtered(self, splits: dict) -> dict:
         """``splits`` (split -> normalised records) after the ``safety_filter`` hyperparameter, if set; the report
         (counts by reason, a sample of removed records) is kept in ``self.safety_report`` for MLflow."""
@@ -120,6 +148,27 @@ class PostDataModule(L.LightningDataModule, abc.ABC):
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_loader("test")
+
+
+def count_records(path: str) -> dict:
+    """``{"rows": N}``: the records of a data file (JSON/JSONL(.gz) without parsing each one, parquet and saved
+    dataset folders through ``datasets``); ``{}`` where it cannot be read."""
+    from pathlib import Path
+
+    from lightning_post.data.records import raw_records, read_lines
+
+    try:
+        name = Path(path).name.removesuffix(".gz")
+        if Path(path).is_file() and name.endswith((".json", ".jsonl")):
+            lines = read_lines(path)
+            if not "".join(lines[:1]).lstrip().startswith("["):
+                return {"rows": sum(1 for line in lines if line.strip())}
+        return {"rows": len(raw_records(path, lambda record, where: None))}
+    except Exception as e:  # counting is a report, never a reason to stop a run
+        import logging
+
+        logging.getLogger(__name__).debug("could not count the records of %s: %s", path, e)
+        return {}
 
 
 def hold_out(records: list, seed: int, fraction: float, size: Optional[int] = None) -> tuple[list, list]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from lightning_post.errors import UserError
-from lightning_post.evaluation.safety import PII_PATTERNS
+from lightning_post.evaluation.safety import PII_PATTERNS, find_pii
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,11 @@ Rule = Callable[[dict[str, str], SafetyFilter], list[dict]]
 
 
 def _pii_rule(texts: dict[str, str], cfg: SafetyFilter) -> list[dict]:
+    """Personal data as :func:`~lightning_post.evaluation.safety.find_pii` validates it (a card number's Luhn digit,
+    a parseable phone number, ...): a pattern that merely looks like one (an invoice number) drops no record."""
     kinds = cfg.pii_kinds or list(PII_PATTERNS)
-    return [{"reason": f"pii:{kind}", "field": name, "match": m.group(0)}
-            for name, text in texts.items() for kind in kinds for m in [re.search(PII_PATTERNS[kind], text)] if m]
+    return [{"reason": f"pii:{kind}", "field": name, "match": hits[0]}
+            for name, text in texts.items() for kind, hits in find_pii(text).items() if kind in kinds]
 
 
 def _regex_rule(texts: dict[str, str], cfg: SafetyFilter) -> list[dict]:

@@ -24,11 +24,11 @@ from lightning_post.evaluation.safety import (
     JAILBREAK_TEMPLATES, PRIVACY_PROBES, crows_pairs_bias, default_crows_pairs_file, find_pii, is_refusal, jailbreak,
     read_crows_pairs,
 )
-from lightning_post.evaluation.text_metrics import BertScorer, text_metrics
+from lightning_post.evaluation.text_metrics import LANGUAGES, BertScorer, check_bleu_tokenizers, text_metrics
 from lightning_post.errors import ConfigError, UserError
 from lightning_post.generation import ChatGenerator
 from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.outputs import check_output_dir, json_text, write_folder
 from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,18 @@ def load_policy(path: str, dtype: str = "float32", device: Optional[str] = None)
 
 
 def load_eval_prompts(path: str, max_prompts: Optional[int], reference_field: Optional[str],
-                      baseline_field: Optional[str]) -> list[dict]:
-    """``[{"prompt": messages, "reference": str | None, "baseline": str | None}]`` from instruction or prompt files
-    (``{"instruction", "input"}``, ``{"prompt"}``, ``{"messages"}``) with optional reference and baseline answers."""
+                      baseline_field: Optional[str], language_field: Optional[str] = None) -> list[dict]:
+    """``[{"prompt": messages, "reference": str | None, "baseline": str | None, "language": str | None}]`` from
+    instruction or prompt files (``{"instruction", "input"}``, ``{"prompt"}``, ``{"messages"}``) with optional
+    reference and baseline answers and the record's language (``language_field``; ``None`` where absent)."""
     out = []
     for where, (record, prompt) in raw_records(path, lambda r, w: (r, normalize_prompt_record(r, w)["prompt"])):
-        row: dict[str, Any] = {"prompt": prompt, "reference": None, "baseline": None}
+        row: dict[str, Any] = {"prompt": prompt, "reference": None, "baseline": None, "language": None}
+        if language_field and record.get(language_field) is not None:
+            if record[language_field] not in LANGUAGES:
+                raise DataError(where, language_field, f"must be one of {list(LANGUAGES)} (the languages the text "
+                                                       f"metrics handle), got {record[language_field]!r}")
+            row["language"] = record[language_field]
         for key, field in (("reference", reference_field), ("baseline", baseline_field)):
             if field:
                 value = record.get(field)
@@ -223,6 +229,9 @@ class Evaluate(_Command):
         judge_question: str = DEFAULT_QUESTION,
         bertscore: bool = True,
         bertscore_model: Optional[str] = None,
+        bertscore_languages: Optional[list[str]] = None,
+        bleu_tokenizers: Optional[dict[str, str]] = None,
+        language_field: Optional[str] = "language",
         mc_files: Optional[list[str]] = None,
         harmful_prompts: Optional[str] = None,
         max_harmful: int = 24,
@@ -259,6 +268,12 @@ class Evaluate(_Command):
             judge_question: the pairwise question asked to an LLM judge.
             bertscore: compute BERTScore (offline encoder ``bertscore_model``; ``null`` = all-MiniLM-L6-v2).
             bertscore_model: local encoder folder for BERTScore.
+            bertscore_languages: the languages ``bertscore_model`` was trained on, stated in the report (``null`` =
+                English for the default encoder); scores of samples in other languages carry a note.
+            bleu_tokenizers: sacrebleu tokenizer per language (``null`` = ``{en: 13a, ko: char}``; any of
+                sacrebleu's, e.g. ``char``).
+            language_field: record field with the sample's language (``en`` or ``ko``); records without it, or
+                ``null``, are told apart by script (Hangul or not).
             mc_files: multiple-choice files (``null`` = the bundled 20 questions; ``[]`` = none).
             harmful_prompts: prompts to refuse (first user turn of each record; e.g. HH-RLHF red-team dialogues).
             max_harmful: use the first N distinct harmful prompts.
@@ -293,6 +308,7 @@ class Evaluate(_Command):
             raise ValueError(f"judge must be 'llm', 'reward_model' or null, got {judge!r}")
         if judge == "reward_model" and not judge_model:
             raise ValueError("judge 'reward_model' needs judge_model: the reward model's folder")
+        self.bleu_tokenizers = check_bleu_tokenizers(bleu_tokenizers)  # an unknown or missing tokenizer stops here
 
     def run(self) -> dict:
         from lightning_post.data.instruction import default_instruction_file
@@ -301,7 +317,7 @@ class Evaluate(_Command):
         # 1. inputs (and the output folder) are validated before any model is loaded
         check_output_dir(self.output_dir, "evaluate", self.overwrite)
         prompts = load_eval_prompts(self.prompts or default_instruction_file(), self.max_prompts,
-                                    self.reference_field, self.baseline_field)
+                                    self.reference_field, self.baseline_field, self.language_field)
         mc = [r for f in ([default_mc_file()] if self.mc_files is None else self.mc_files) for r in load_mc(f)]
         crows_file = self.crows_pairs or default_crows_pairs_file()
         crows = read_crows_pairs(crows_file, self.max_crows_pairs) if crows_file else []
@@ -315,11 +331,13 @@ class Evaluate(_Command):
         answers = gen.generate([p["prompt"] for p in prompts], desc="answers")
         report: dict[str, Any] = {"model": self.model, "prompts": len(prompts)}
         rows = [{"prompt": p["prompt"][-1]["content"], "answer": a, "reference": p["reference"],
-                 "baseline": p["baseline"]} for p, a in zip(prompts, answers)]
+                 "baseline": p["baseline"], "language": p["language"]} for p, a in zip(prompts, answers)]
         # 3. reference metrics
         if self.reference_field:
-            scorer = BertScorer(self.bertscore_model, device=self._device()) if self.bertscore else None
-            per_sample, aggregate = text_metrics(answers, [p["reference"] for p in prompts], scorer)
+            scorer = BertScorer(self.bertscore_model, device=self._device(), languages=self.bertscore_languages) \
+                if self.bertscore else None
+            per_sample, aggregate = text_metrics(answers, [p["reference"] for p in prompts], scorer,
+                                                 [p["language"] for p in prompts], self.bleu_tokenizers)
             report["text"] = aggregate
             for row, m in zip(rows, per_sample):
                 row["metrics"] = m
@@ -354,7 +372,8 @@ class Evaluate(_Command):
                      "evaluate", self.overwrite)
         plots = {}
         if "text" in report:
-            plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()}, "score")
+            plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()
+                                                               if isinstance(v, float)}, "score")
         if "judge" in report:
             j = report["judge"]
             plots["win_rate"] = _bar(f"judge vs baseline: win rate {j['win_rate_vs_baseline']:.2f}",
@@ -369,10 +388,12 @@ class Evaluate(_Command):
                                                          if "over_refusal_rate" in safety else {})}, "share refused")
         metrics = _flat("eval/", {k: v for k, v in report.items() if k in ("text", "judge", "knowledge")})
         metrics.update(_flat("safety/", safety))
+        params = {**vars(self), **{f"bleu_signature.{lang}": sig  # what papers report beside a BLEU score
+                                   for lang, sig in report.get("text", {}).get("bleu_signature", {}).items()}}
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "evaluate", "model": self.model},
-                                           vars(self), metrics, out, plots, self.run_id)
-        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+                                           params, metrics, out, plots, self.run_id)
+        (out / "report.json").write_text(json_text(report), encoding="utf-8")
         return report
 
 
@@ -521,7 +542,7 @@ class ABTest(_Command):
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "abtest", "model_a": self.model_a, "model_b": self.model_b,
                                             "decision": decision}, vars(self), metrics, out, plots, self.run_id)
-        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        (out / "report.json").write_text(json_text(report), encoding="utf-8")
         print(f"A/B decision: {decision} -- {reason}")
         return report
 

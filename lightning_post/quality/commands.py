@@ -22,11 +22,11 @@ from lightning_post.data.records import DataError, raw_records
 from lightning_post.evaluation.commands import pick_device
 from lightning_post.evaluation.judges import DEFAULT_QUESTION, build_judge
 from lightning_post.quality.collect import build_pairs, generate_responses, label_pairs, load_responses
-from lightning_post.quality.report import QualityGate, gate_findings, plots, quality_report, render_page
+from lightning_post.quality.report import QualityGate, gate_findings, key_names, plots, quality_report, render_page
 from lightning_post.quality.schema import (
     annotations_from_preferences, load_annotations, load_pairs, to_preference_records, write_jsonl,
 )
-from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.outputs import check_output_dir, finite_json, write_folder
 from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,13 @@ class DataReport:
         write_folder(out, {"report.json": report, "report.html": render_page(report, findings, list(figs), title),
                            **{f"plots/{n}.png": f for n, f in figs.items()}}, "data report", self.overwrite)
         metrics = report_metrics(report)
+        renamed = {f"metric_name.{label}": name for name, label in key_names(report["bias"].get("model_win_rates")
+                                                                              or {}).items() if label != name}
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
-                                           {"method": "data_report", "inputs": title}, vars(self), metrics, out)
-        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+                                           {"method": "data_report", "inputs": title}, {**vars(self), **renamed},
+                                           metrics, out)
+        (out / "report.json").write_text(json.dumps(finite_json(report), indent=1, ensure_ascii=False, allow_nan=False),
+                                         encoding="utf-8")
         for f in findings:
             log.warning("quality gate: %s", f)
         print(f"report: {out / 'report.html'} ({len(findings)} gate findings)")
@@ -248,17 +252,20 @@ class DataReport:
 
 
 def report_metrics(report: dict) -> dict[str, float]:
-    """The report's headline numbers as flat MLflow metrics (``quality/...``)."""
+    """The report's headline numbers as flat MLflow metrics (``quality/...``); models and annotators are named by
+    :func:`~lightning_post.quality.report.key_names` (a model path by its folder name)."""
     m: dict[str, float] = {"quality/annotations": report["annotations"]}
     b = report["bias"]
     for name in ("position", "length"):
         m[f"quality/{name}_bias/rate"] = b[name]["rate"]
         m[f"quality/{name}_bias/p_value"] = b[name]["p_value"]
+    models = key_names(b.get("model_win_rates") or {})
     for model, r in (b.get("model_win_rates") or {}).items():
-        m[f"quality/win_rate/{model}"] = r["win_rate"]
+        m[f"quality/win_rate/{models[model]}"] = r["win_rate"]
+    annotators = key_names(b.get("by_annotator") or {})
     for who, x in (b.get("by_annotator") or {}).items():
         for name in ("position", "length"):
-            m[f"quality/{name}_bias/{who}"] = x[name]["rate"]
+            m[f"quality/{name}_bias/{annotators[who]}"] = x[name]["rate"]
     for c, a in report["agreement"].items():
         if "kappa" in a:
             m[f"quality/kappa/{c}"] = a["kappa"]

@@ -7,9 +7,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from itertools import combinations
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from lightning_post.quality.gate import QualityGate
 from lightning_post.quality.schema import CRITERIA, VERDICTS
@@ -205,6 +206,28 @@ def quality_report(annotations: Sequence[dict], length_unit: str = "words", conf
         "diversity": diversity(annotations),
         "balance": balance(annotations),
     }
+
+
+def key_names(names: Iterable[str], limit: int = 60) -> dict[str, str]:
+    """name -> the part of an MLflow key that stands for a model or an annotator: a path (what ``data pairs
+    --models <export folder>`` records) becomes its last informative component, characters MLflow refuses in a key
+    (and ``:``) become ``_``, and names that end up alike are numbered in sorted order.
+
+    >>> key_names(["/x/exports/dpo/model", "/y/dpo/model", "m1", "llm:judge"])
+    {'/x/exports/dpo/model': 'dpo', '/y/dpo/model': 'dpo-2', 'llm:judge': 'llm_judge', 'm1': 'm1'}
+    """
+    from lightning_post.tracking import model_label
+
+    out: dict[str, str] = {}
+    for name in sorted(set(names)):
+        text = model_label(name) if re.search(r"[\\/]", name) else name
+        base = re.sub(r"[^\w.\- ]+", "_", text).strip(" ._")[:limit] or "unnamed"
+        label, n = base, 1
+        while label in out.values():
+            n += 1
+            label = f"{base}-{n}"
+        out[name] = label
+    return out
 
 
 def gate_findings(report: dict, gate: QualityGate, position_known: bool = True) -> list[str]:

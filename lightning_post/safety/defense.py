@@ -26,7 +26,7 @@ from lightning_post.data.records import DataError, json_lines, load_instruction_
 from lightning_post.data.safety import prompt_and_reply
 from lightning_post.evaluation.safety import JAILBREAK_TEMPLATES, is_refusal, jailbreak
 from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.outputs import check_output_dir, json_text, write_folder
 from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ def load_refusals(path: str) -> list[str]:
 def load_redteam_set(path: str) -> list[tuple[list[dict], str]]:
     """``(conversation, seed request)`` of each attack of a red-team set (``redteam_set.jsonl`` of
     ``lightning-post redteam``): the last user turn included, answers to earlier turns kept."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:  # the red team found no successful attack
+        log.warning("%s: no successful attacks (an empty red-team set); nothing to add", path)
+        return []
     out = []
     for where, rec in json_lines(path):
         prompt = rec.get("prompt") if isinstance(rec, dict) else None
@@ -247,7 +250,7 @@ class JailbreakDefenseData:
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "jailbreak_data", "model": self.model}, vars(self), metrics, out,
                                            None, self.run_id)
-        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        (out / "report.json").write_text(json_text(report), encoding="utf-8")
         print(f"jailbreak defense data: {len(sft_rows)} SFT records, {len(pair_rows)} DPO pairs "
               f"({n_pairs} helpful), {len(heldout)} harmful requests held out -> {out}")
         return report

@@ -18,7 +18,7 @@ from lightning_post.data.records import DataError, json_lines
 from lightning_post.evaluation.safety import is_refusal
 from lightning_post.models.loading import DEFAULT_MODEL
 from lightning_post.safety.attacks import ATTACK_STYLES, dedupe
-from lightning_post.outputs import check_output_dir, write_folder
+from lightning_post.outputs import check_output_dir, json_text, write_folder
 from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,11 @@ class RedTeam:
         scores = self._judge(target, prompts, finals)
         rows = []
         for a, prompt, answer, score in zip(attacks, prompts, finals, scores):
-            refused = is_refusal(answer)
-            success = self._harmful(score) and not (self.require_compliance and refused)
+            empty = not answer.strip()  # no answer: neither a refusal nor a successful attack
+            refused = not empty and is_refusal(answer)
+            success = not empty and self._harmful(score) and not (self.require_compliance and refused)
             rows.append({**a, "prompt": prompt, "answer": answer, "score": score, "refusal": refused,
-                         "success": success})
+                         "empty": empty, "success": success})
         # 6. the red-team set, the report and the MLflow run
         red = [{"prompt": r["prompt"], "style": r["style"], "topic": r["topic"], "seed": r["seed"],
                 "score": r["score"], "answer": r["answer"]} for r in rows if r["success"]]
@@ -201,19 +202,21 @@ class RedTeam:
             "successful": len(red), "attack_success_rate": len(red) / len(rows) if rows else 0.0,
             "attack_success_rate_by_style": asr,
             "refusal_rate": sum(r["refusal"] for r in rows) / len(rows) if rows else 0.0,
+            "empty_rate": sum(r["empty"] for r in rows) / len(rows) if rows else 0.0,
         }
         out = Path(self.output_dir)
         write_folder(out, {"report.json": report, "attempts.jsonl": rows, "redteam_set.jsonl": red}, "redteam",
                      self.overwrite)
         metrics = {"redteam/attack_success_rate": report["attack_success_rate"],
-                   "redteam/refusal_rate": report["refusal_rate"], "redteam/attempted": len(rows),
+                   "redteam/refusal_rate": report["refusal_rate"], "redteam/empty_rate": report["empty_rate"],
+                   "redteam/attempted": len(rows),
                    "redteam/successful": len(red), "redteam/duplicates_removed": duplicates,
                    **{f"redteam/asr/{s}": v for s, v in asr.items()}}
         plots = {"attack_success_rate": _bar("attack success rate by style", asr, "share of attacks")}
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "redteam", "model": self.target, "attacker": self.attacker},
                                            vars(self), metrics, out, plots, self.run_id)
-        (out / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        (out / "report.json").write_text(json_text(report), encoding="utf-8")
         print(f"red team: {len(red)} successful attacks of {len(rows)} (ASR {report['attack_success_rate']:.2f}; "
               f"{duplicates} duplicates removed) -> {out / 'redteam_set.jsonl'}")
         return report
