@@ -52,8 +52,8 @@ def _stop_with_parent() -> None:
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    except (OSError, AttributeError):  # no prctl (not Linux): the stage then outlives a killed pipeline
+        return
 
 
 def _raise_interrupt(signum, frame):

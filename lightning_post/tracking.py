@@ -199,8 +199,8 @@ def _alive(tags: dict) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        pass
+    except PermissionError:  # it exists, owned by another user: alive
+        return True
     started = tags.get(START_TAG)
     return not started or _start_time(pid) in (None, started)  # a reused pid belongs to another process
 
