@@ -337,7 +337,9 @@ def runs_command(argv: list[str]) -> None:
     process is gone (``kill -9``, a power cut); each ``fit`` does the same on its store before it starts."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="lightning-post runs", description=runs_command.__doc__)
+    from lightning_post.help import plain
+
+    ap = argparse.ArgumentParser(prog="lightning-post runs", description=plain(runs_command.__doc__ or ""))
     ap.add_argument("action", choices=["clean"])
     ap.add_argument("--tracking_uri", default=DEFAULT_TRACKING_URI)
     args = ap.parse_args(argv)

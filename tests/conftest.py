@@ -6,6 +6,9 @@ import json
 import os
 from pathlib import Path
 
+# Lightning is imported at collection, so that its log handler binds pytest's session stderr rather than the captured
+# stream of whichever test imports it first (closed after that test: "--- Logging error ---" in later tests).
+import lightning  # noqa: F401
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

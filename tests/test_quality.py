@@ -306,7 +306,7 @@ def test_report_command_writes_json_page_plots_and_mlflow_run(tmp_path):
     assert {"report.json", "report.html", "plots/bias.png"} <= names
     # the answers of m1 grow with i: a gate on length bias fails the command, after the report is written
     gated = tmp_path / "gated"
-    with pytest.raises(SystemExit):
+    with pytest.raises(DataError, match="quality gate failed"):
         run_command("report", ["--annotations", str(path), "--output_dir", str(gated), "--tracking_uri", db,
                                "--gate.mode", "fail", "--gate.max_length_bias", "0.05"], DATA_COMMANDS)
     assert json.loads((gated / "report.json").read_text())["gate"]["findings"]
@@ -371,14 +371,15 @@ def test_report_command_on_models_named_by_their_folders(tmp_path):
 
 
 def test_a_bad_file_stops_the_report_command_with_its_line(tmp_path, capsys):
-    from lightning_post.evaluation.commands import run_command
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.cli import main
 
     path = write_jsonl(tmp_path / "labels.jsonl", [{"prompt": "Hi", "response_a": "a", "response_b": "b",
                                                     "overall": "A", "confidence": 7, "annotator": "x"}])
-    with pytest.raises(SystemExit):
-        run_command("report", ["--annotations", str(path), "--output_dir", str(tmp_path / "r")], DATA_COMMANDS)
-    assert f"{path}:1: field 'confidence'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "report", "--annotations", str(path), "--output_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"lightning-post data report: error: {path}:1: field 'confidence'")
+    assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
 
 

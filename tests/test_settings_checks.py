@@ -29,7 +29,7 @@ BAD_SETTINGS = [
      "'tiny-lama' is not an alias (aliases: smollm2-135m-instruct, tiny-llama), a local folder or a cached hub model; "
      "the hub is not reachable offline (HF_HUB_OFFLINE); did you mean 'tiny-llama'?"),
     (TINY + ["--model.init_args.model_name_or_path=./no/such/model"],
-     "model.model_name_or_path: folder ./no/such/model does not exist"),
+     "model.model_name_or_path: no such folder: ./no/such/model"),
     (TINY + ["--model.init_args.micro_batch_size=0"], "model.micro_batch_size: must be >= 1 or null"),
     (TINY + ["--data.init_args.batch_size=0"], "data.batch_size: must be >= 1, got 0"),
     (TINY + ["--data.init_args.max_length=4"], "data.max_length: must be >= 16, got 4"),

@@ -43,7 +43,7 @@ def test_file_digest_follows_the_contents(tmp_path):
 
 
 def _fit(args: list[str]) -> None:
-    from lightning_post.cli import cli_main
+    from lightning_post.trainer_cli import cli_main
 
     cli_main(["fit", "--config", str(CONFIGS / "tiny.yaml"), *QUICK, *args])
 
@@ -99,7 +99,7 @@ def test_each_fit_logs_its_data_files_as_mlflow_datasets(fits):
 
 
 def test_run_name_from_the_yaml_is_kept(tmp_path, monkeypatch):
-    from lightning_post.cli import cli_main
+    from lightning_post.trainer_cli import cli_main
 
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "named.yaml"

@@ -1,9 +1,9 @@
 """Read instruction files through ``datasets`` and validate every record before anything is trained or written.
 
-Accepted record layouts (one per file row):
+Accepted record layouts (one per file row; every data kind's layouts: docs/data_formats.md):
 
 * ``{"instruction": str, "input": str (optional), "response": str}`` (``output`` is accepted for ``response``);
-* ``{"prompt": str, "completion": str}`` (the prompt is used as the instruction);
+* ``{"prompt": str, "completion": str}`` or ``{"prompt": str, "response": str}`` (the prompt is the instruction);
 * ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` with at least one assistant turn.
 
 Errors name the file, the line (JSON Lines) or row, and the field: ``data.jsonl:7: field 'response': is empty``.
@@ -74,14 +74,17 @@ def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
             raise DataError(where, "messages", "the conversation has no assistant turn to train on")
         return {"messages": clean}
     if "prompt" in record and "instruction" not in record:
+        answer = "completion" if "completion" in record or "response" not in record else "response"
+        if answer not in record:
+            raise DataError(where, "completion", "is missing (a prompt record needs completion or response)")
         return {
             "instruction": _text(record, "prompt", where),
             "input": "",
-            "response": _text(record, "completion", where).strip(),
+            "response": _text(record, answer, where).strip(),
         }
     response_field = "response" if "response" in record or "output" not in record else "output"
     if "instruction" not in record:
-        raise DataError(where, "instruction", "is missing (expected instruction/response, prompt/completion or messages)")
+        raise DataError(where, "instruction", "is missing (expected instruction/response, prompt/completion, prompt/response or messages)")
     return {
         "instruction": _text(record, "instruction", where),
         "input": _text(record, "input", where, required=False, allow_empty=True),

@@ -27,7 +27,7 @@ from lightning_post.evaluation.safety import (
 from lightning_post.evaluation.text_metrics import LANGUAGES, BertScorer, check_bleu_tokenizers, text_metrics
 from lightning_post.errors import ConfigError, UserError
 from lightning_post.generation import ChatGenerator
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.models.loading import DEFAULT_MODEL, check_models
 from lightning_post.outputs import check_output_dir, json_text, write_folder
 from lightning_post.tracking import log_run
 
@@ -301,6 +301,7 @@ class Evaluate(_Command):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
         check_counts(self, ("max_prompts", "max_harmful", "max_crows_pairs", "max_harmless", "max_new_tokens",
                             "batch_size"), positive=("max_prompts", "max_new_tokens", "batch_size"))
+        check_models(self, ("model", "judge_model"))
         unknown = [t for t in (jailbreak_templates or []) if t not in JAILBREAK_TEMPLATES]
         if unknown:
             raise ValueError(f"unknown jailbreak templates {unknown}; choose from {list(JAILBREAK_TEMPLATES)}")
@@ -469,6 +470,7 @@ class ABTest(_Command):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
         check_counts(self, ("max_prompts", "max_harmful", "max_new_tokens", "batch_size"),
                      positive=("max_prompts", "max_new_tokens", "batch_size"))
+        check_models(self, ("model_a", "model_b", "judge_model"))
         for name, low, high in (("tolerance", 0, 1), ("alpha", 0, 1), ("effect", 0.5, 1), ("power", 0, 1)):
             if not low < getattr(self, name) < high and not (name == "tolerance" and getattr(self, name) == 0):
                 raise ConfigError(name, f"must be in ({low}, {high}), got {getattr(self, name)}")
@@ -561,10 +563,13 @@ COMMAND_CLASSES = _command_classes()
 def parse_command(name: str, argv: list[str], classes: Optional[dict] = None, prog: Optional[str] = None):
     """``(parser, command)``: ``--config`` YAML and flags parsed into the command class ``classes[name]`` (default
     :data:`COMMAND_CLASSES`: :class:`Evaluate` or :class:`ABTest`)."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    from jsonargparse import ActionConfigFile
+
+    from lightning_post.help import CommandParser, PlainHelpFormatter
 
     cls = (classes or COMMAND_CLASSES)[name]
-    parser = ArgumentParser(prog=prog or f"lightning-post {'data ' if classes else ''}{name}", description=cls.__doc__)
+    parser = CommandParser(prog=prog or f"lightning-post {'data ' if classes else ''}{name}", description=cls.__doc__,
+                            formatter_class=PlainHelpFormatter)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(cls)
     cfg = parser.parse_args(argv).as_dict()
@@ -572,14 +577,13 @@ def parse_command(name: str, argv: list[str], classes: Optional[dict] = None, pr
     cfg.pop("__path__", None)
     try:
         return parser, cls(**cfg)
-    except ValueError as e:  # the constructors check their settings: ConfigError, OutputError, a bad choice
-        parser.error(str(e))
+    except UserError:
+        raise
+    except ValueError as e:  # the constructors check their settings: a bad choice or combination is the user's
+        raise UserError(str(e)) from e
 
 
 def run_command(name: str, argv: list[str], classes: Optional[dict] = None, prog: Optional[str] = None) -> dict:
-    """Parse and run a command; a bad input file stops it with file, line and field."""
-    parser, command = parse_command(name, argv, classes, prog)
-    try:
-        return command.run()
-    except UserError as e:  # a bad setting, file, record or output folder: one line
-        parser.error(str(e))
+    """Parse and run a command. A bad setting, file, record, model or output folder raises :class:`UserError`
+    (file, line and field for data), which the command line prints as one line with exit code 2."""
+    return parse_command(name, argv, classes, prog)[1].run()

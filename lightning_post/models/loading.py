@@ -181,7 +181,10 @@ def check_model_source(model_name_or_path: str, setting: str = "model.model_name
     if model_name_or_path in MODEL_ALIASES:
         return
     path = Path(model_name_or_path).expanduser()
-    looks_like_path = model_name_or_path.startswith((".", "/", "~")) or os.sep in model_name_or_path.strip(os.sep)         and path.exists()
+    looks_like_path = model_name_or_path.startswith((".", "/", "~")) or (
+        os.sep in model_name_or_path.strip(os.sep) and path.exists())
+    if path.is_file() and path.suffix == ".ckpt":  # a Lightning checkpoint: read (and checked) where it is loaded
+        return
     if path.is_dir():
         from lightning_post.models.peft import BOTTLENECK_CONFIG
 
@@ -189,7 +192,8 @@ def check_model_source(model_name_or_path: str, setting: str = "model.model_name
             raise ConfigError(setting, f"folder {model_name_or_path} holds no model (no config.json)")
         return
     if looks_like_path or (path.suffix and not _cached_on_hub(model_name_or_path)):
-        raise ConfigError(setting, f"folder {model_name_or_path} does not exist")
+        kind = "checkpoint" if path.suffix == ".ckpt" else "folder"
+        raise ConfigError(setting, f"no such {kind}: {model_name_or_path}")
     if _cached_on_hub(model_name_or_path):
         return
     close = difflib.get_close_matches(model_name_or_path, list(MODEL_ALIASES), n=1, cutoff=0.8)
@@ -199,6 +203,16 @@ def check_model_source(model_name_or_path: str, setting: str = "model.model_name
     offline = "; the hub is not reachable offline (HF_HUB_OFFLINE)" if _offline() else ""
     raise ConfigError(setting, f"{model_name_or_path!r} is not an alias (aliases: {', '.join(MODEL_ALIASES)}), a local "
                                f"folder or a cached hub model{offline}{hint}")
+
+
+def check_models(command: object, names: tuple[str, ...]) -> None:
+    """Check a command's model settings (attribute ``name`` = the setting's name; a value may be a list or ``None``
+    for unused) with :func:`check_model_source`, before anything loads or is written."""
+    for name in names:
+        value = getattr(command, name)
+        for model in value if isinstance(value, (list, tuple)) else [value]:
+            if model is not None:
+                check_model_source(str(model), name)
 
 
 def load_tokenizer(model_name_or_path: str, trust_remote_code: bool = False):

@@ -21,6 +21,7 @@ from lightning_post.data.prompts import normalize_prompt_record
 from lightning_post.data.records import DataError, raw_records
 from lightning_post.evaluation.commands import pick_device
 from lightning_post.evaluation.judges import DEFAULT_QUESTION, build_judge
+from lightning_post.models.loading import check_models
 from lightning_post.quality.collect import build_pairs, generate_responses, label_pairs, load_responses
 from lightning_post.quality.report import QualityGate, gate_findings, key_names, plots, quality_report, render_page
 from lightning_post.quality.schema import (
@@ -83,6 +84,7 @@ class DataPairs:
             seed: seed of the A/B order.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        check_models(self, ("models",))
         self.responses = expand(responses)
         if bool(self.responses) == bool(models):
             raise ValueError("give either responses (answer files) or models (with prompts), not both")
@@ -149,6 +151,7 @@ class DataLabel:
             device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        check_models(self, ("judge_model",))
         if judge == "reward_model" and not judge_model:
             raise ValueError("judge: reward_model needs judge_model (a RewardModule export folder)")
 
@@ -304,5 +307,74 @@ class DataConvert:
         return summary
 
 
+class DataFeedback:
+    """Deployment feedback (thumbs, 1-5 ratings, side-by-side comparisons) -> ``unpaired.jsonl`` (KTO),
+    ``pairs.jsonl`` (DPO, reward models), ``sft.jsonl`` (the best-rated answers) and ``report.json``, written into a
+    temporary folder and moved into place, and recorded on MLflow (counts and agreement as metrics)."""
+
+    def __init__(
+        self,
+        files: Paths,
+        output_dir: str,
+        overwrite: bool = False,
+        good_rating: float = 4.0,
+        bad_rating: float = 2.0,
+        min_rating: float = 4.5,
+        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
+        experiment_name: str = "feedback",
+        run_name: Optional[str] = None,
+        log_mlflow: bool = True,
+    ):
+        """
+        Args:
+            files: feedback JSON Lines files (a path, a list, or quoted glob patterns); the event schema is in
+                docs/data_formats.md.
+            output_dir: folder of ``unpaired.jsonl``, ``pairs.jsonl``, ``sft.jsonl`` and ``report.json``.
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
+                are kept; only files of an earlier output of the same command are replaced).
+            good_rating: mean rating at or above which an answer is desirable (KTO).
+            bad_rating: mean rating at or below which an answer is undesirable (KTO).
+            min_rating: mean rating an answer needs to become SFT data.
+            tracking_uri: MLflow tracking URI.
+            experiment_name: MLflow experiment.
+            run_name: MLflow run name (``null`` = ``feedback-<time>-<suffix>``).
+            log_mlflow: record the report on an MLflow run.
+        """
+        from lightning_post.errors import ConfigError
+
+        self.__dict__.update({k: v for k, v in locals().items() if k not in ("self", "ConfigError")})
+        self.files = expand(files)
+        if not self.files:
+            raise ConfigError("files", "give at least one feedback file")
+        if not bad_rating < good_rating:
+            raise ConfigError("bad_rating", f"must be below good_rating ({good_rating}), got {bad_rating}")
+
+    def run(self) -> dict:
+        from lightning_post.data.feedback import feedback_report, load_feedback, to_pairs, to_sft, to_unpaired
+
+        out = Path(self.output_dir)
+        check_output_dir(out, "feedback", self.overwrite, "output_dir")
+        events = load_feedback(self.files)
+        datasets = {
+            "unpaired.jsonl": to_unpaired(events, self.good_rating, self.bad_rating),
+            "pairs.jsonl": to_pairs(events),
+            "sft.jsonl": to_sft(events, self.min_rating),
+        }
+        report = feedback_report(events)
+        report["written"] = {name: len(rows) for name, rows in datasets.items()}
+        write_folder(out, {**datasets, "report.json": report}, "feedback", self.overwrite)
+        print(json.dumps(finite_json({k: v for k, v in report.items() if k != "rating_distribution"}), indent=1,
+                         allow_nan=False))
+        if self.log_mlflow:
+            metrics = {f"feedback/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
+            metrics.update({f"feedback/written_{n.removesuffix('.jsonl')}": c for n, c in report["written"].items()})
+            run_id = log_run(self.tracking_uri, self.experiment_name, self.run_name,
+                             {"method": "feedback", "source_dir": str(out.resolve())}, vars(self), metrics, out)
+            print("mlflow run:", run_id)
+            report["mlflow_run_id"] = run_id
+        return report
+
+
 #: ``lightning-post data <name>`` commands
-DATA_COMMANDS = {"pairs": DataPairs, "label": DataLabel, "report": DataReport, "convert": DataConvert}
+DATA_COMMANDS = {"pairs": DataPairs, "label": DataLabel, "report": DataReport, "convert": DataConvert,
+                 "feedback": DataFeedback}

@@ -25,7 +25,7 @@ from lightning_post.data.cai import load_prompt_items
 from lightning_post.data.records import DataError, json_lines, load_instruction_records
 from lightning_post.data.safety import prompt_and_reply
 from lightning_post.evaluation.safety import JAILBREAK_TEMPLATES, is_refusal, jailbreak
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.models.loading import DEFAULT_MODEL, check_models
 from lightning_post.outputs import check_output_dir, json_text, write_folder
 from lightning_post.tracking import log_run
 
@@ -140,6 +140,7 @@ class JailbreakDefenseData:
             seed: seed of the hold-out, template and refusal draws and the shuffling.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        check_models(self, ("model",))
         self.templates = list(JAILBREAK_TEMPLATES) if templates is None else templates
         unknown = [t for t in self.templates if t not in JAILBREAK_TEMPLATES]
         if unknown:

@@ -16,7 +16,7 @@ import torch
 
 from lightning_post.data.records import DataError, json_lines
 from lightning_post.evaluation.safety import is_refusal
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.models.loading import DEFAULT_MODEL, check_models
 from lightning_post.safety.attacks import ATTACK_STYLES, dedupe
 from lightning_post.outputs import check_output_dir, json_text, write_folder
 from lightning_post.tracking import log_run
@@ -112,6 +112,7 @@ class RedTeam:
             seed: seed of the attacker's sampling.
         """
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        check_models(self, ("attacker", "target", "judge_model"))
         self.styles = list(ATTACK_STYLES) if styles is None else styles
         unknown = [s for s in self.styles if s not in ATTACK_STYLES]
         if unknown or not self.styles:
