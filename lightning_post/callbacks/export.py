@@ -50,7 +50,11 @@ def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapt
         _write("adapter", lambda d: save_bottleneck(model, d, module.hparams.model_name_or_path))
         return written
     if is_peft and adapter:
-        _write("adapter", lambda d: model.save_pretrained(d))
+        def save_adapter(d: Path) -> None:
+            model.save_pretrained(d)
+            portable_base(d, module.hparams.model_name_or_path)
+
+        _write("adapter", save_adapter)
     if is_peft and not can_merge(model):
         log.info("prefix tuning does not fold into the weights: exported the adapter only")
         return written
@@ -61,6 +65,27 @@ def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapt
 
         _write("model", save_merged)
     return written
+
+
+def portable_base(adapter_dir: Path, model_name_or_path: str) -> None:
+    """Name the adapter's base model so that it loads on another machine: PEFT records the folder it loaded the base
+    from, which for an alias is this machine's cache (``~/.cache/lightning-post/models/...``); an alias with a hub id
+    is recorded as that id (``HuggingFaceTB/SmolLM2-135M-Instruct``), which resolves to the hub's weights online and
+    to the converted copy offline (:func:`~lightning_post.models.loading.register_in_hub_cache`). Other bases (a
+    folder, a hub id) are recorded as given."""
+    import json
+
+    from lightning_post.models.loading import hub_id, resolve_model_path
+
+    base = hub_id(model_name_or_path) or model_name_or_path
+    local = resolve_model_path(model_name_or_path)
+    config_file = adapter_dir / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    card = adapter_dir / "README.md"  # PEFT's model card names the base too
+    if card.exists() and local != base:
+        card.write_text(card.read_text(encoding="utf-8").replace(local, base), encoding="utf-8")
 
 
 def unsharded_copy(module: L.LightningModule) -> Optional[SimpleNamespace]:

@@ -7,7 +7,6 @@ written to a folder (moved into place when complete) and recorded as an MLflow r
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional

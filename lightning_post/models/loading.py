@@ -112,8 +112,65 @@ MODEL_ALIASES: dict[str, Callable[[Path], None]] = {
 }
 
 
+#: alias -> the Hugging Face hub id of the model it is built from: what an exported adapter names as its base, so
+#: that it loads on any machine (with hub access, the hub's weights; offline, this machine's converted copy)
+HUB_IDS: dict[str, str] = {
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+#: the revision name under which a converted alias is entered into the local Hugging Face hub cache
+CACHE_REVISION = "lightning-post-converted"
+
+
+def hub_id(model_name_or_path: str) -> Optional[str]:
+    """The hub id an alias stands for (``None`` for aliases with none, like ``tiny-llama``, and for other names)."""
+    return HUB_IDS.get(model_name_or_path)
+
+
+def _alias_of_hub_id(name: str) -> Optional[str]:
+    return next((alias for alias, repo in HUB_IDS.items() if repo == name), None)
+
+
+def register_in_hub_cache(alias: str, folder: Path) -> Optional[Path]:
+    """Enter the converted copy of ``alias`` into the local Hugging Face hub cache under its hub id (revision
+    :data:`CACHE_REVISION`, files linked to ``folder``), unless that id is cached already: then
+    ``from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")`` offline (transformers, PEFT's
+    ``AutoPeftModelForCausalLM`` on an exported adapter, any tool) finds this copy. With hub access the hub's own
+    revision is fetched as usual and takes precedence. Returns the snapshot folder, or ``None`` where nothing was
+    entered (no hub id, already cached, or a read-only cache)."""
+    repo = hub_id(alias)
+    if repo is None:
+        return None
+    from huggingface_hub import constants
+
+    root = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    ref = root / "refs" / "main"
+    if ref.is_file():
+        current = root / "snapshots" / ref.read_text().strip()
+        if (current / "config.json").exists():  # a real download, or our entry whose files are still there
+            return None
+    snapshot = root / "snapshots" / CACHE_REVISION
+    try:
+        if snapshot.exists():
+            shutil.rmtree(snapshot)
+        snapshot.mkdir(parents=True)
+        for f in folder.iterdir():
+            if f.is_file():
+                (snapshot / f.name).symlink_to(f.resolve())
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(CACHE_REVISION)
+    except OSError as e:  # a read-only or shared cache: our own loader still resolves the id (resolve_model_path)
+        log.warning("could not enter %s into the hub cache %s: %s", repo, root, e)
+        return None
+    return snapshot
+
+
 def resolve_model_path(model_name_or_path: str) -> str:
-    """Return a local folder (for aliases, converting once) or the hub id unchanged."""
+    """Return a local folder (for aliases, converting once) or the hub id unchanged. A hub id that an alias stands
+    for (:data:`HUB_IDS`) resolves to the alias's converted copy when it is not in the hub cache and the hub is
+    offline, so an adapter exported here loads its base anywhere this package is installed."""
+    alias = _alias_of_hub_id(model_name_or_path)
+    if alias is not None and _offline() and not _cached_on_hub(model_name_or_path):
+        model_name_or_path = alias
     if model_name_or_path in MODEL_ALIASES:
         target = cache_dir() / "models" / model_name_or_path
         if not (target / "config.json").is_file():
@@ -132,6 +189,7 @@ def resolve_model_path(model_name_or_path: str) -> str:
                         raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        register_in_hub_cache(model_name_or_path, target)
         return str(target)
     return model_name_or_path
 
@@ -178,7 +236,7 @@ def check_model_source(model_name_or_path: str, setting: str = "model.model_name
 
     from lightning_post.errors import ConfigError
 
-    if model_name_or_path in MODEL_ALIASES:
+    if model_name_or_path in MODEL_ALIASES or _alias_of_hub_id(model_name_or_path):
         return
     path = Path(model_name_or_path).expanduser()
     looks_like_path = model_name_or_path.startswith((".", "/", "~")) or (

@@ -6,7 +6,6 @@ styles; each is put to the target model and judged; the ones that elicit a harmf
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
