@@ -3,7 +3,7 @@
 For the reward model, DPO, ORPO and KTO (SmolLM2-135M-Instruct, LoRA), on Anthropic HH-RLHF harmless pairs with a
 fixed held-out set of 300 pairs that is never trained on (configs/data/hh_rlhf.yaml). KTO learns from deployment
 feedback instead of pairs: the training pairs become thumbs-up (chosen) and thumbs-down (rejected) events, go through
-``lightning-post-feedback``, and KTO trains on its ``unpaired.jsonl``; its accuracy is measured on the same 300
+``lightning-post data feedback``, and KTO trains on its ``unpaired.jsonl``; its accuracy is measured on the same 300
 held-out pairs (``val_pair_files``) exactly as DPO's is.
 
 1. ``lightning-post validate``: held-out accuracy of the starting model;
@@ -63,7 +63,7 @@ def hh_split(train_pairs: int):
 
 def kto_inputs(train_pairs: int, batch_size: int, folder: Path) -> tuple[list[str], dict]:
     """Feedback events from the training pairs of configs/data/hh_rlhf.yaml (same held-out split as DPO), through
-    ``lightning-post-feedback``; returns the data arguments of the KTO commands and the pair counts."""
+    ``lightning-post data feedback``; returns the data arguments of the KTO commands and the pair counts."""
     settings, dm, split = hh_split(train_pairs)
     counts = {"data/train_pairs": len(split["train"]), "data/val_pairs": len(split["val"]),
               "data/invalid_pairs": len(dm.invalid)}
@@ -86,8 +86,9 @@ def kto_inputs(train_pairs: int, batch_size: int, folder: Path) -> tuple[list[st
     val = write("val_unpaired.jsonl", [{"prompt": p["prompt"], "completion": p[s], "label": s == "chosen"}
                                        for p in held_out[:32] for s in ("chosen", "rejected")])
     out = folder / "feedback"
-    exe = str(Path(sys.executable).parent / "lightning-post-feedback")
-    run([exe, str(feedback), "--out-dir", str(out), "--experiment", "heldout-kto-feedback"], folder / "feedback.log")
+    exe = str(Path(sys.executable).parent / "lightning-post")
+    run([exe, "data", "feedback", "--files", str(feedback), "--output_dir", str(out), "--experiment_name",
+         "heldout-kto-feedback"], folder / "feedback.log")
     return [
         "--data.init_args.train_files", str(out / "unpaired.jsonl"), "--data.init_args.val_files", str(val),
         "--data.init_args.val_pair_files", str(pairs), "--data.init_args.max_length", str(settings["max_length"]),
@@ -172,7 +173,7 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
         "half: before training the policy is the reference, so every pair ties and it is exactly 0.5. ORPO has no "
         "reference: its accuracy compares the policy's mean per-token log-probs of the two replies.",
         "- KTO trains on unpaired feedback: each training pair becomes a thumbs-up event (chosen) and a thumbs-down "
-        "event (rejected), converted by `lightning-post-feedback`; 16 events (8 pairs' worth) per step. Its accuracy "
+        "event (rejected), converted by `lightning-post data feedback`; 16 events (8 pairs' worth) per step. Its accuracy "
         "`val/pairs/accuracies` is DPO's on the same 300 held-out pairs: `beta*(log pi - log pi_ref)` chosen > "
         "rejected, a tie counted half.",
         f"- Produced by: `{command}`",

@@ -1,6 +1,6 @@
 """Unpaired preference examples for KTO: ``{"prompt", "completion", "label"}`` (``label`` true = desirable).
 
-This is the layout ``lightning-post-feedback`` writes (``unpaired.jsonl``) and TRL's unpaired format. ``prompt`` is a
+This is the layout ``lightning-post data feedback`` writes (``unpaired.jsonl``) and TRL's unpaired format. ``prompt`` is a
 string or a list of chat messages; ``completion`` a string or one assistant message.
 
 Batches (see :func:`collate_unpaired`) hold the B examples and, under ``kl_*`` keys, B mismatched rows
@@ -101,7 +101,7 @@ def unpaired_from_pairs(path: str) -> list[dict]:
 
 
 class UnpairedDataModule(PostDataModule):
-    """KTO data: ``{"prompt", "completion", "label"}`` files (e.g. ``lightning-post-feedback``'s ``unpaired.jsonl``)
+    """KTO data: ``{"prompt", "completion", "label"}`` files (e.g. ``lightning-post data feedback``'s ``unpaired.jsonl``)
     -> tokens; batches carry the mismatched KL rows (see :func:`collate_unpaired`). A malformed row stops the run
     with file, line and field before anything is written."""
 
