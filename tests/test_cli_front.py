@@ -185,3 +185,30 @@ def test_the_console_script_answers_help_and_a_bad_case():
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == ["lightning-post evaluate: error: model: no such folder: "
                                                 "./no/such/model"]
+
+
+@pytest.mark.slow  # a process per case (each imports torch)
+def test_the_console_script_gives_one_line_and_exit_2_for_each_bad_case(tmp_path):
+    """The bad cases a new user met, through the installed script: a mistyped command, a bad record in fit, a
+    mistyped model alias, a missing export folder, a misspelled setting."""
+    exe = str(Path(sys.executable).parent / "lightning-post")
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "Name a colour."}])
+    tiny = ["fit", "--config", str(CONFIGS / "tiny.yaml")]
+    cases = [
+        (["evalute"], "lightning-post: error: 'evalute' is not a command; did you mean 'evaluate'?"),
+        (tiny + [f"--data.init_args.train_files={bad}"], f"lightning-post fit: error: {bad}:1: field 'response': "
+                                                          "is missing"),
+        (tiny + ["--model.init_args.model_name_or_path=smollm2-135m-instrct"],
+         "did you mean 'smollm2-135m-instruct'?"),
+        (["evaluate", "--model", "exports/sft/model"], "lightning-post evaluate: error: model: no such folder: "
+                                                       "exports/sft/model"),
+        (["abtest", "--max_promts", "3"], "lightning-post abtest: error: unknown setting --max_promts; did you mean "
+                                          "--max_prompts?"),
+    ]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for argv, message in cases:
+        proc = subprocess.run([exe, *argv], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+        lines = [line for line in proc.stderr.splitlines() if "error" in line or "Traceback" in line]
+        assert proc.returncode == 2 and lines and message in lines[-1], (argv, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr and len(lines) == 1, (argv, proc.stderr[-3000:])
+    assert runs_in(tmp_path) == [] and not (tmp_path / "mlruns" / "runs").exists()

@@ -239,8 +239,10 @@ def check_model_source(model_name_or_path: str, setting: str = "model.model_name
     if model_name_or_path in MODEL_ALIASES or _alias_of_hub_id(model_name_or_path):
         return
     path = Path(model_name_or_path).expanduser()
-    looks_like_path = model_name_or_path.startswith((".", "/", "~")) or (
-        os.sep in model_name_or_path.strip(os.sep) and path.exists())
+    # a hub id is exactly "namespace/name": more slashes, a leading ./ / ~, or a parent folder that exists here
+    # make it a path
+    looks_like_path = model_name_or_path.startswith((".", "/", "~")) or model_name_or_path.count("/") > 1 or (
+        os.sep in model_name_or_path.strip(os.sep) and (path.exists() or path.parent.is_dir()))
     if path.is_file() and path.suffix == ".ckpt":  # a Lightning checkpoint: read (and checked) where it is loaded
         return
     if path.is_dir():
