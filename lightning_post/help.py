@@ -10,7 +10,6 @@ import re
 import sys
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
-from lightning.pytorch.cli import LightningArgumentParser
 
 _ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -112,7 +111,7 @@ def condense(message: str, settings: list[str] = ()) -> str:
     return f"{key.group(1)}: {rest}"
 
 
-class _OneLineErrors:
+class OneLineErrors:
     """A parser whose errors are one line on stderr, ``<prog>: error: <setting>: <problem>``, and exit code 2."""
 
     def error(self, message: str, ex: Exception | None = None):
@@ -125,9 +124,5 @@ class _OneLineErrors:
         sys.exit(2)
 
 
-class CommandParser(_OneLineErrors, ArgumentParser):
-    """The parser of ``lightning-post <command>`` beside training."""
-
-
-class TrainerParser(_OneLineErrors, LightningArgumentParser):
-    """The parser of ``lightning-post fit|validate|test|predict``."""
+class CommandParser(OneLineErrors, ArgumentParser):
+    """The parser of ``lightning-post <command>`` beside training (the training commands' is in trainer_cli)."""

@@ -13,12 +13,13 @@ import warnings
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from lightning_post.callbacks.checkpoint import INTERRUPTED, GracefulStop, check_checkpoint_class
+from lightning_post.callbacks.checkpoint import GracefulStop, check_checkpoint_class
 from lightning_post.callbacks.export import ExportModel
 from lightning_post.callbacks.plots import RunPlots
 from lightning_post.callbacks.samples import GenerationSamples
 from lightning_post.callbacks.scores import ScoreWriter
 from lightning_post.callbacks.test_metrics import TestGenerationMetrics
+from lightning_post.help import OneLineErrors
 from lightning_post.outputs import finite_json
 from lightning_post.tracking import (
     default_run_name, flatten, git_commit, log_datasets, log_text_artifact, mlflow_logger, model_label, process_tags,
@@ -146,6 +147,10 @@ TRAINER_DEFAULTS = {
 }
 
 
+class TrainerParser(OneLineErrors, LightningArgumentParser):
+    """The parser of ``lightning-post fit|validate|test|predict``: a bad setting is one line, as in every command."""
+
+
 def _no_advert(record: logging.LogRecord) -> bool:
     """Drop Lightning's advertisement for its cloud logger, printed on every run that does not use it."""
     return not str(record.msg).startswith("💡 Tip:")
@@ -154,7 +159,7 @@ def _no_advert(record: logging.LogRecord) -> bool:
 def cli_main(args=None, run: bool = True) -> PostCLI:
     """Build (and by default run) the CLI; ``args`` as a list, like ``sys.argv[1:]``."""
     import lightning_post
-    from lightning_post.help import PlainHelpFormatter, TrainerParser
+    from lightning_post.help import PlainHelpFormatter
 
     for name in lightning_post.__all__:  # the methods and data modules, listed as known subclasses in --help
         getattr(lightning_post, name)
