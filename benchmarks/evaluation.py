@@ -39,13 +39,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--before", default="smollm2-135m-instruct")
     ap.add_argument("--after", default=None, help="the trained model (default: the held-out benchmark's DPO export)")
+    ap.add_argument("--before-report", default=None,
+                    help="an earlier `evaluate` report.json of the before model, used instead of evaluating it again "
+                         "(its source is named in the report)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more arguments for both commands")
     args = ap.parse_args()
     after = args.after or dpo_export()
     exe = str(Path(sys.executable).parent / "lightning-post")
     WORK.mkdir(parents=True, exist_ok=True)
     reports, commands, seconds = {}, [], {}
-    for name, model in (("before", args.before), ("after", after)):
+    models = [("before", args.before), ("after", after)]
+    if args.before_report:
+        reports["before"] = json.loads(Path(args.before_report).read_text())
+        models = models[1:]
+    for name, model in models:
         cmd = [exe, "evaluate", "--config", "configs/evaluate.yaml", "--model", model, "--output_dir",
                str(WORK / f"evaluate-{name}"), "--run_name", f"evaluate-{name}", *args.extra]
         seconds[f"evaluate_{name}"] = round(run(cmd, WORK / f"evaluate-{name}.log"))
@@ -57,6 +64,7 @@ def main() -> None:
     ab = json.loads((WORK / "abtest" / "report.json").read_text())
     commands.append(cmd)
     result = {"before": args.before, "after": after, "evaluate": reports, "abtest": ab, "seconds": seconds,
+              "before_report": args.before_report,
               "commands": [" ".join(["lightning-post", *c[1:]]) for c in commands]}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=1, ensure_ascii=False))
@@ -132,7 +140,10 @@ def write_report(r: dict, out: Path) -> None:
         f"- Safety regressions of B: {ab['safety_regressions'] or 'none'}.",
         f"- Rule: {ab['rule']}",
         f"- **Decision: {ab['decision']}** — {ab['reason']}.",
-        "", f"Seconds: {r['seconds']}", "", "Commands:", "",
+        "", f"Seconds: {r['seconds']}", "",
+        *([f"The before model's figures are the `evaluate` report `{r['before_report']}` (an earlier run of the same "
+           "command on the same model and data), not evaluated again here.", ""] if r.get("before_report") else []),
+        "Commands:", "",
     ] + [f"    {c}" for c in r["commands"]]
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
