@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 
 import pytest
-import torch
 
 from tests.conftest import CONFIGS, ROOT, write_jsonl
 from tests.test_faults import run_main, runs_in
