@@ -57,12 +57,13 @@ def test_help_lists_every_command_and_each_one_answers_its_own_help(capsys):
 
 
 def test_version_names_ours_and_the_main_dependencies(capsys):
-    import torch
+    from importlib.metadata import version
 
     import lightning_post
 
     code, out, _ = run_out(["--version"], capsys)
-    assert code == 0 and out.startswith(f"lightning-post {lightning_post.__version__} (torch {torch.__version__},")
+    assert code == 0 and out.startswith(f"lightning-post {lightning_post.__version__} (torch {version('torch')}, "
+                                        f"lightning {version('lightning')},")
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -250,3 +250,23 @@ def test_padding_free_rewards_equal_transformers_scoring():
     for n, p in padded.named_parameters():
         if p.grad is not None:
             assert torch.allclose(p.grad, grads[n], atol=1e-5), n
+
+
+def test_fused_lora_forward_keeps_peft_for_lora_biases():
+    """With ``lora_bias`` the adapter's B has a bias that the fused product would drop (0.69 off on this layer before
+    the guard): such layers keep PEFT's own forward, so the output equals PEFT's."""
+    from peft import LoraConfig, get_peft_model
+
+    from lightning_post.models.peft import fuse_lora_forward
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5))
+    model = get_peft_model(net, LoraConfig(r=2, lora_alpha=4, target_modules=["0"], lora_bias=True))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 1.0)
+    x = torch.randn(3, 6)
+    want = model(x)
+    fuse_lora_forward(model)
+    torch.testing.assert_close(model(x), want)

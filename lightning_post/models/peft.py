@@ -76,7 +76,8 @@ def fuse_lora_forward(model: torch.nn.Module) -> int:
 
     PEFT computes ``base(x) + B(A(dropout(x))) * s``: the scaling and the sum are two more passes over the layer's
     output, forward and backward. The fused forward is the same sum in one BLAS call. Layers with adapters
-    disabled (DPO's reference), merged, with several active adapters or a variant (DoRA) keep PEFT's forward.
+    disabled (DPO's reference), merged, with several active adapters, a variant (DoRA) or LoRA biases (``lora_bias``)
+    keep PEFT's forward.
     Returns the number of layers changed.
     """
     import types
@@ -93,7 +94,8 @@ def fuse_lora_forward(model: torch.nn.Module) -> int:
 
 def _fused_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapters = [a for a in self.active_adapters if a in self.lora_A]
-    if self.disable_adapters or self.merged or args or kwargs or len(adapters) != 1 or adapters[0] in self.lora_variant:
+    if self.disable_adapters or self.merged or args or kwargs or len(adapters) != 1 or adapters[0] in self.lora_variant \
+            or self.lora_A[adapters[0]].bias is not None or self.lora_B[adapters[0]].bias is not None:  # lora_bias
         return type(self).forward(self, x, *args, **kwargs)
     name = adapters[0]
     A, B = self.lora_A[name].weight, self.lora_B[name].weight  # (r, in), (out, r)
