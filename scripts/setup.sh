@@ -12,7 +12,7 @@ PY=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" "torch>=2.10,<2.15"  # the range of pyproject.toml
+    "${PIP[@]}" "torch>=2.10,<2.16"  # the range of pyproject.toml
   else
     "${PIP[@]}" torch==2.13.0
   fi
