@@ -42,7 +42,9 @@ def serve_and_post(uri: str, model_id: str, inputs: list, cwd: Path) -> list:
     """Start ``mlflow models serve`` for ``models:/<model_id>``, POST ``inputs`` to ``/invocations``, stop the server
     by its process group; returns the predictions."""
     port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, HF_HUB_OFFLINE="1")
+    # the server starts `uvicorn` by name: the venv's bin must be on PATH even when the venv is not activated (CI)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, HF_HUB_OFFLINE="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     mlflow = Path(sys.executable).parent / "mlflow"
     log = open(cwd / f"serve-{port}.log", "w")
     proc = subprocess.Popen([str(mlflow), "models", "serve", "-m", f"models:/{model_id}", "-h", "127.0.0.1", "-p",
@@ -63,7 +65,10 @@ def serve_and_post(uri: str, model_id: str, inputs: list, cwd: Path) -> list:
                                          headers={"Content-Type": "application/json"})
         return json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, by process id
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers, by process id
+        except ProcessLookupError:  # it already stopped (its log is in the assertion above)
+            pass
         proc.wait(timeout=60)
         log.close()
 
