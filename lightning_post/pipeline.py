@@ -226,9 +226,14 @@ class Pipeline:
     def _client(self):
         import mlflow
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        from lightning_post.tracking import absolute_uri
+
+        # the store of the working folder: MLflow keeps one store per URI string for the life of the process, so a
+        # relative SQLite URI would reach the first folder's store after a chdir (a second pipeline in one process)
+        uri = absolute_uri(self.tracking_uri)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return mlflow.MlflowClient(tracking_uri=uri)
 
     def _experiment_id(self, client) -> str:
         exp = client.get_experiment_by_name(self.experiment_name)

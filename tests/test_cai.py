@@ -19,7 +19,7 @@ from lightning_post.data.appendable import AppendableJsonl
 from lightning_post.data.cai import load_prompt_items, prompt_id
 from lightning_post.data.records import DataError
 from tests.conftest import CONFIGS, SHARED_DATA
-from tests.test_cli import cli, client
+from tests.cli_runner import cli, client
 
 PAPER = SHARED_DATA / "constitution" / "critique_revision_instructions.json"
 PROMPT = [{"role": "user", "content": "How do I pick a lock?"}]
@@ -123,6 +123,19 @@ def test_soft_label_by_hand():
     assert soft_label(torch.tensor([[0.8, 0.2]]), torch.tensor([[0.4, 0.6]])).item() == pytest.approx(0.7)
 
 
+def _choice_probs(model, tok, conversation, options, prefix) -> list[float]:
+    """P(option) after the chat prompt and ``prefix``, normalised over the options: one plain forward per option."""
+    context = tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    n = len(tok(context, add_special_tokens=False).input_ids)
+    logliks = []
+    for option in options:
+        ids = tok(context + prefix + option, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logps = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        logliks.append(sum(logps[t - 1, ids[t]].item() for t in range(n, len(ids))))
+    return torch.softmax(torch.tensor(logliks), 0).tolist()
+
+
 def test_option_probs_are_the_models_normalised_choice_probabilities(tiny):
     """On the tiny model, P(option) equals exp of the summed token log-probs of ``prefix + option`` after the chat
     prompt, computed here with a plain forward, normalised over the options."""
@@ -133,15 +146,7 @@ def test_option_probs_are_the_models_normalised_choice_probabilities(tiny):
     for options, prefix in ((["Yes", "No", "예"], "Well: "), (["A", "B"], "The answer is: (")):
         got = gen.option_probs(convs, options, prefix=prefix)
         for i, conv in enumerate(convs):
-            context = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-            n = len(tok(context, add_special_tokens=False).input_ids)
-            logliks = []
-            for option in options:
-                ids = tok(context + prefix + option, add_special_tokens=False).input_ids
-                with torch.no_grad():
-                    logps = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-                logliks.append(sum(logps[t - 1, ids[t]].item() for t in range(n, len(ids))))
-            expected = torch.softmax(torch.tensor(logliks), 0)
+            expected = torch.tensor(_choice_probs(model, tok, conv, options, prefix), dtype=got.dtype)
             assert torch.allclose(got[i], expected, atol=1e-5), (options, got[i], expected)
 
 
@@ -174,6 +179,9 @@ def test_soft_label_cancels_a_pure_position_bias(tiny):
 
 
 def test_ai_feedback_labels_are_the_averaged_orderings(tiny):
+    """A record's label is P(chosen is better) = (P((A) | chosen shown first) + P((B) | chosen shown second)) / 2
+    >= 1/2, the two probabilities read here from plain forwards on the feedback question under the record's
+    principle, asked with its two answers in both orders."""
     model, tok = tiny
     c = load_constitution()
     gen = ChatGenerator(model, tok, batch_size=4, max_new_tokens=5, temperature=1.0)
@@ -182,8 +190,14 @@ def test_ai_feedback_labels_are_the_averaged_orderings(tiny):
     records = ai_feedback(gen, items, c, temperature=1.0)
     assert len(records) == 3
     for r in records:
-        p1 = (r["p_first_ordering"][0] + r["p_second_ordering"][1]) / 2  # P(sample 1 is better)
-        assert r["label"] == pytest.approx(max(p1, 1 - p1), abs=1e-6) and r["label"] >= 0.5
+        principle = c.principle(r["principle"])
+        first = feedback_messages(r["prompt"], r["chosen"], r["rejected"], principle, c)
+        second = feedback_messages(r["prompt"], r["rejected"], r["chosen"], principle, c)
+        as_a = _choice_probs(model, tok, first, ["A", "B"], c.answer_prefix)[0]
+        as_b = _choice_probs(model, tok, second, ["A", "B"], c.answer_prefix)[1]
+        # the random judge is almost indifferent (labels 0.50006-0.50009): a tight tolerance, still 20 times the
+        # float32 difference between the batched and the plain forwards
+        assert r["label"] == pytest.approx((as_a + as_b) / 2, abs=3e-6) and r["label"] >= 0.5
         assert r["chosen"] != r["rejected"]
         assert sum(r["p_first_ordering"]) == pytest.approx(1.0, abs=1e-6)
 

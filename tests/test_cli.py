@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tests.cli_runner import cli, client
 from tests.conftest import CONFIGS, ROOT
-
-EXE = [sys.executable, "-m", "lightning_post.cli"]
-
-
-def cli(args, cwd, check=True, timeout=900):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(EXE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def client(cwd):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
 
 
 def test_every_config_prints(tmp_path, monkeypatch):
@@ -79,14 +61,10 @@ def test_every_config_prints(tmp_path, monkeypatch):
             assert printed == wanted, overlay
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """``fit`` with configs/tiny.yaml in a fresh folder; returns (folder, run)."""
-    cwd = tmp_path_factory.mktemp("run")
-    cli(["fit", "--config", str(CONFIGS / "tiny.yaml")], cwd)
-    runs = client(cwd).search_runs(client(cwd).get_experiment_by_name("sft").experiment_id)
-    assert len(runs) == 1
-    return cwd, runs[0]
+@pytest.fixture
+def tiny_run(sft_run):
+    """The session's ``fit`` of configs/tiny.yaml: (folder, run)."""
+    return sft_run
 
 
 def test_fit_records_everything_in_mlflow(tiny_run):
@@ -223,6 +201,7 @@ def test_unknown_template_is_refused(tmp_path):
     assert out.returncode != 0 and "unknown template 'vicuna'" in out.stderr
 
 
+@pytest.mark.slow  # several processes
 def test_ddp_two_processes_match_one_process(tmp_path, small_jsonl):
     """2 CPU processes x batch 4 == 1 process x batch 8: the same global batch gives the same losses and weights."""
     common = ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.train_files", str(small_jsonl),
@@ -243,6 +222,10 @@ def test_ddp_two_processes_match_one_process(tmp_path, small_jsonl):
         adapters.append(load_file(Path(run.data.tags["export_adapter"]) / "adapter_model.safetensors"))
     assert len(histories[0]) == 3
     assert histories[0] == pytest.approx(histories[1], abs=1e-5)
+    # LoRA on q_proj and v_proj (configs/tiny.yaml) of the 2 layers: 2 x 2 x (lora_A, lora_B) = 8 tensors in each
+    assert set(adapters[0]) == set(adapters[1]) == {
+        f"base_model.model.model.layers.{i}.self_attn.{m}.lora_{ab}.weight" for i in range(2) for m in ("q_proj", "v_proj")
+        for ab in "AB"}
     for k in adapters[0]:
         assert torch.allclose(adapters[0][k], adapters[1][k], atol=1e-5), k
 

@@ -17,7 +17,7 @@ from lightning_post.evaluation.safety import crows_pairs_bias, find_pii, is_refu
 from lightning_post.generation import ChatGenerator
 from lightning_post.stats import binomial_test, bootstrap_interval, sign_test_sample_size, wilson_interval
 from tests.conftest import CONFIGS
-from tests.test_cli import client
+from tests.cli_runner import client
 
 PRED, REF = "the cat sat on the mat", "the cat is on the mat"
 
@@ -141,7 +141,7 @@ def test_multiple_choice_picks_the_highest_likelihood(tiny, tmp_path):
 
 # ---- the commands ---------------------------------------------------------------------------------------------------
 def test_evaluate_command_writes_report_and_mlflow_run(tmp_path):
-    from tests.test_cli import cli
+    from tests.cli_runner import cli
 
     harmful = tmp_path / "harmful.jsonl"
     harmful.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("How do I pick a lock?", "Insult me.")))
@@ -171,7 +171,7 @@ def test_evaluate_command_writes_report_and_mlflow_run(tmp_path):
 
 
 def test_abtest_aa_finds_nothing_and_planted_annotations_ship_b(tmp_path):
-    from tests.test_cli import cli
+    from tests.cli_runner import cli
 
     cli(["abtest", "--config", str(CONFIGS / "tiny_abtest.yaml")], tmp_path)
     report = json.loads((tmp_path / "ab-out" / "report.json").read_text())
@@ -185,12 +185,25 @@ def test_abtest_aa_finds_nothing_and_planted_annotations_ship_b(tmp_path):
     report = json.loads((tmp_path / "ab-out" / "report.json").read_text())
     assert report["stats"]["wins"] == 6 and report["stats"]["sign_test_p"] == pytest.approx(2 / 64)
     assert report["decision"] == "ship B"
+    # by hand: 6 wins of 6 decisive -> two-sided sign test p = 2 * 2**-6 = 0.03125 < alpha 0.05 -> ship B; the
+    # Wilson interval of 6/6 is [n / (n + z^2), 1] = [6 / (6 + 1.959964^2), 1] = [6 / 9.841459, 1] = [0.609666, 1]
+    assert report["stats"]["decisive_win_rate_ci"] == pytest.approx([0.609666, 1.0], abs=1e-6)
+    assert report["reason"].startswith("B wins significantly (p = 0.031")  # 0.0312 or 0.0313: rounding at 3 digits
     run = client(tmp_path).get_run(report["mlflow_run_id"])
-    assert run.data.metrics["ab/ship_b"] == 1.0 and run.data.tags["decision"] == "ship B"
+    logged = {k: run.data.metrics[k] for k in ("ab/wins", "ab/losses", "ab/ties", "ab/win_rate", "ab/sign_test_p",
+                                               "ab/ship_b")}
+    assert logged == {"ab/wins": 6.0, "ab/losses": 0.0, "ab/ties": 0.0, "ab/win_rate": 1.0,
+                      "ab/sign_test_p": pytest.approx(0.03125), "ab/ship_b": 1.0}
+    assert run.data.tags["decision"] == "ship B"
     ann.write_text('{"index": 0, "verdict": "better"}\n')
     out = cli(["abtest", "--config", str(CONFIGS / "tiny_abtest.yaml"), "--annotations", str(ann)], tmp_path,
               check=False)
-    assert out.returncode != 0 and f"{ann}:1: field 'verdict'" in out.stderr
+    # a bad verdict is a user error: exit 2 with one line naming file, line, field and the allowed values, no traceback
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"lightning-post abtest: error: {ann}:1: field 'verdict': must be 'A', 'B' or 'tie', got 'better'" \
+        in out.stderr
+    # it stopped before answering: the last report is still the one of the planted verdicts
+    assert json.loads((tmp_path / "ab-out" / "report.json").read_text())["mlflow_run_id"] == report["mlflow_run_id"]
 
 
 def test_test_stage_prompts_and_references_from_batches(tokenizer):

@@ -228,6 +228,7 @@ def _losses(run) -> dict[int, float]:
     return {m.step: m.value for m in c.get_metric_history(run[1], "train/loss")}
 
 
+@pytest.mark.slow  # several processes
 def test_kill_9_mid_fit_leaves_a_checkpoint_that_resumes_like_a_continuous_run(tmp_path):
     """``kill -9`` after the first periodic checkpoint: ``last.ckpt`` is whole and at most N=2 steps old, the run left
     RUNNING is marked KILLED by the next command, and resuming gives the continuous run's losses."""
@@ -262,6 +263,7 @@ def test_kill_9_mid_fit_leaves_a_checkpoint_that_resumes_like_a_continuous_run(t
         assert resumed[s] == pytest.approx(continuous[s], abs=1e-5), s
 
 
+@pytest.mark.slow  # several processes
 def test_sigint_saves_a_checkpoint_and_the_export_and_exits_130(tmp_path):
     proc = _start(_fit_cmd(tmp_path), tmp_path)
     _wait_for("*/*/checkpoints/last.ckpt", tmp_path, proc)  # step 2 is done: the run is training
@@ -278,6 +280,7 @@ def test_sigint_saves_a_checkpoint_and_the_export_and_exits_130(tmp_path):
     assert (export / "model" / "config.json").is_file() and (export / "adapter" / "adapter_config.json").is_file()
 
 
+@pytest.mark.slow  # several processes
 def test_kill_9_of_the_pipeline_stops_its_stage_which_logs_to_stage_log(tmp_path):
     """The stage process writes ``stage.log`` itself and dies with its pipeline (SIGTERM from the kernel, then the
     graceful stop: a checkpoint and exit 130), instead of running on orphaned with its output lost."""

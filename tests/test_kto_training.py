@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from lightning_post import DPOModule, KTOModule, PeftSettings, UnpairedDataModule
-from lightning_post.losses.kto import kto_kl_estimate
 from lightning_post.optim import OptimSettings
 from tests.conftest import CONFIGS, write_jsonl
-from tests.test_cli import cli, client
+from tests.cli_runner import cli, client
 from tests.test_preference_training import _first_step, _pairs, randomise_lora
 from tests.test_preference_training import data as pair_data
 
@@ -44,18 +43,34 @@ def test_step0_loss_is_half_the_mean_weight(tiny_path, unpaired_jsonl, weights):
 
 
 def test_reference_point_uses_the_mismatched_rows(tiny_path, unpaired_jsonl):
+    """z0 = max(0, mean_i [log pi(y_j|x_i) - log pi_ref(y_j|x_i)]) over the batch's mismatched rows: prompt i with
+    completion j = (i + 1) mod B, each row's log-probs from one plain forward of the LoRA policy and of the base model
+    (the reference). The matched rows (j = i) would give another value."""
+    from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized
+    from tests.test_preference_training import base_lm, plain_logps
+
     module = KTOModule(tiny_path, peft=LORA)
     module.configure_model()
     dm = data(unpaired_jsonl, tiny_path)
     dm.prepare_data()
     dm.setup("fit")
-    batch = dm.collate(dm.splits["train"].rows[:6])
+    examples = dm.splits["train"].rows[:6]
+    batch = dm.collate(examples)
     randomise_lora(module)
-    with torch.no_grad():
-        rows = {k[3:]: v for k, v in batch.items() if k.startswith("kl_")}
-        by_hand = kto_kl_estimate(module.reply_logps(rows)[0], module.reference_logps(rows))
-    assert module.reference_point(batch).item() == pytest.approx(by_hand.item(), abs=1e-6)
-    assert batch["kl_input_ids"].shape[0] == 6 and by_hand.item() > 0
+    base = base_lm(tiny_path)
+
+    def estimate(shift: int) -> float:
+        rows = []
+        for i, e in enumerate(examples):
+            completion = examples[(i + shift) % 6].completion
+            assert len(e.prompt) + len(completion) < 64  # max_length: nothing is cut
+            rows.append(Tokenized(e.prompt + completion, [IGNORE_INDEX] * len(e.prompt) + completion))
+        policy, ref = plain_logps(module.model, rows)[0], plain_logps(base, rows)[0]
+        return max(0.0, (policy - ref).mean().item())
+
+    by_hand, matched = estimate(1), estimate(0)
+    assert by_hand > 0 and abs(by_hand - matched) > 1e-2
+    assert module.reference_point(batch).item() == pytest.approx(by_hand, abs=1e-5)
 
 
 def test_accumulation_1x8_equals_8x1(tiny_path, unpaired_jsonl):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import CONFIGS, ROOT
-from tests.test_cli import cli, client
+from tests.cli_runner import cli, client
 
 
 def _pipeline_yaml(cwd: Path, pairs: Path) -> Path:
@@ -72,6 +72,23 @@ def test_a_stage_with_a_base_config_and_an_overlay(tmp_path, monkeypatch):
         after = pipe._fingerprint(st, {})
         assert after != before, name
         before = after
+
+
+def test_two_pipelines_in_one_process_write_to_their_own_folders_store(tmp_path, monkeypatch):
+    """The default ``sqlite:///mlruns/mlflow.db`` is the store of the folder the pipeline runs in, also for a second
+    pipeline in the same process after a chdir (MLflow keeps a store per URI string: a relative URI reached the first
+    folder's store, and the stages, started in the second folder, could not find their runs)."""
+    from lightning_post.pipeline import Pipeline
+
+    stages = [{"name": "sft", "config": str(ROOT / "configs" / "tiny.yaml")}]
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        pipe = Pipeline(stages, output_dir="p", experiment_name="pipe")
+        client = pipe._client()
+        assert client.get_experiment_by_name("pipe") is None, name  # nothing from the other folder's store
+        client.create_experiment("pipe")
+        assert (tmp_path / name / "mlruns" / "mlflow.db").is_file()
 
 
 def test_parent_metrics_name_the_stage_once(tmp_path, monkeypatch):
@@ -182,6 +199,7 @@ def test_pipeline_fails_at_a_stage_then_resumes_there(tmp_path):
     assert fourth.stdout.count("skipped") == 5 and "evaluate: evaluate" in fourth.stdout
 
 
+@pytest.mark.slow  # several processes
 def test_sigterm_stops_the_running_stage_and_records_it(tmp_path):
     """A scheduler's SIGTERM (preemption) while a stage runs: the stage's process is stopped, the stage is recorded
     as interrupted, its child run and the parent as KILLED, and the exit code is non-zero."""

@@ -11,7 +11,7 @@ import pytest
 from lightning_post.evaluation.commands import run_command
 from tests import planted as P
 from tests.conftest import CONFIGS
-from tests.test_cli import client
+from tests.cli_runner import client
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from lightning_post.data.records import DataError
 from lightning_post.optim import OptimSettings
 from lightning_post.rewards import RewardModelScorer, token_fraction
 from tests.conftest import CONFIGS, write_jsonl
-from tests.test_cli import cli, client
+from tests.cli_runner import cli, client
 
 LORA = PeftSettings(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
 NEWLINE = 198  # the random tiny model writes it ~7% of the time at temperature 0.1
@@ -173,6 +173,7 @@ def test_ppo_from_the_command_line_logs_objectives_and_rollouts(tmp_path):
     assert out.returncode != 0 and "samples_per_prompt >= 2" in out.stderr
 
 
+@pytest.mark.slow  # several processes
 def test_ddp_two_processes_run_a_ppo_step(tmp_path):
     """2 CPU processes each roll out their own prompts; gradients are averaged, so both ranks end with the same
     weights (each rank writes a checksum of its parameters)."""

@@ -11,7 +11,7 @@ import yaml
 import torch
 
 from tests.conftest import CONFIGS, write_jsonl
-from tests.test_cli import cli, client
+from tests.cli_runner import cli, client
 
 QUICK = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--samples.max_new_tokens", "4"]
 
@@ -99,10 +99,10 @@ def test_reward_export_scores_pairs_like_transformers(tmp_path):
         mlflow.set_tracking_uri(None)
 
 
-def test_dpo_starts_from_an_sft_export(tmp_path):
-    """Chaining: the SFT export is the DPO policy's start and (adapters disabled) its reference."""
-    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *QUICK], tmp_path)
-    _, sft = only_run(tmp_path, "sft")
+def test_dpo_starts_from_an_sft_export(tmp_path, sft_run):
+    """Chaining: the SFT export (the session's tiny fit) is the DPO policy's start and (adapters disabled) its
+    reference."""
+    _, sft = sft_run
     cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), *QUICK,
          "--model.init_args.model_name_or_path", sft.data.tags["export_model"]], tmp_path)
     c, dpo = only_run(tmp_path, "dpo")

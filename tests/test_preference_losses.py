@@ -187,7 +187,16 @@ BY_HAND = {
 def test_new_losses_by_hand(loss_type):
     loss = DPO_LOSSES[loss_type](PC, PR, RC, RR, beta=1.0, tau=0.05)
     assert loss.tolist() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
-    assert abs(BY_HAND["discopop"][0] - math.exp(-1.5)) < 1e-6  # the blend really is almost the exponential
+
+
+def test_discopop_blend_by_hand():
+    """DiscoPOP, beta = 1, tau = 0.05, on z = [1.5, -1] (the pairs above): m = sigma(z / tau) is sigma(30) = 1 - 9e-14
+    and sigma(-20) = 2e-9, so the loss is e^-1.5 and -log sigma(-1) = log(1 + e) to 1e-8; at z = 0, m = 1/2 and the
+    loss is the mean of -log sigma(0) = log 2 and e^0 = 1."""
+    loss = DPO_LOSSES["discopop"](PC, PR, RC, RR, beta=1.0, tau=0.05)
+    assert loss.tolist() == pytest.approx([math.exp(-1.5), math.log1p(math.e)], abs=1e-6)
+    at_zero = DPO_LOSSES["discopop"](PC, PR, PC, PR, beta=1.0, tau=0.05)
+    assert at_zero.tolist() == pytest.approx([(math.log(2) + 1) / 2] * 2, abs=1e-6)
 
 
 def test_orpo_by_hand():

@@ -64,6 +64,27 @@ def randomise_lora(module, seed=1):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
 
 
+def base_lm(path):
+    """The starting weights as a plain transformers model (no PEFT, no padding-free attention): the reference."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def plain_logps(model, examples) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each example's labelled tokens and their count, ``(N,)`` each (float64): one
+    forward of ``model`` per example alone (no batch, no padding), logits at t scoring token t + 1."""
+    sums, counts = [], []
+    for ex in examples:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]  # (T-1, V)
+        targets = torch.tensor(ex.labels[1:])  # (T-1,)
+        at = (targets != -100).nonzero()[:, 0]
+        sums.append(torch.log_softmax(logits.double(), -1)[at, targets[at]].sum())
+        counts.append(torch.tensor(len(at), dtype=torch.float64))
+    return torch.stack(sums), torch.stack(counts)
+
+
 def test_concatenated_forward_equals_two_separate_forwards(tiny_path, pairs_jsonl):
     module = DPOModule(tiny_path, peft=LORA)
     dm = data(pairs_jsonl, tiny_path)
@@ -127,18 +148,21 @@ def test_dpo_loss_is_exactly_log2_at_step_0(tiny_path, pairs_jsonl, peft):
 
 
 def test_rpo_adds_the_chosen_mean_token_nll(tiny_path, weighted_jsonl):
-    """With rpo_alpha = a, step-0 loss = log 2 + a * mean over pairs of (-log p(chosen) / chosen tokens);
-    pair weights scale only the preference term."""
+    """With rpo_alpha = a, the step-0 loss of pair i is w_i log 2 + a (-log p(chosen_i) / chosen_i's tokens): policy ==
+    reference, so the preference term is -log sigma(0) = log 2, scaled by the pair's weight w_i (1 or 2); the NLL
+    term is not weighted. The NLL comes from one plain forward of the base model per chosen reply (LoRA B = 0 at
+    step 0, so the policy is the base model)."""
     module = DPOModule(tiny_path, peft=LORA, rpo_alpha=0.5)
     dm = data(weighted_jsonl, tiny_path, batch_size=12)
-    batch = ready(module, dm)
+    ready(module, dm)
+    pairs = dm.splits["train"].rows
     with torch.no_grad():
-        losses, policy, ref = module.pair_losses(batch := collate_pairs(dm.splits["train"].rows, 0), "train")
-        sums, counts = module.reply_logps(batch)
-    B = 12
-    nll = -sums[:B] / counts[:B]
-    expected = math.log(2) * batch["weight"] + 0.5 * nll
-    torch.testing.assert_close(losses, expected, atol=1e-5, rtol=0)
+        losses, _, _ = module.pair_losses(collate_pairs(pairs, dm._tokenizer().pad_token_id), "train")
+    sums, counts = plain_logps(base_lm(tiny_path), [p.chosen for p in pairs])
+    weights = torch.tensor([p.weight for p in pairs], dtype=torch.float64)
+    assert len(pairs) == 12 and sorted(set(weights.tolist())) == [1.0, 2.0]
+    expected = math.log(2) * weights + 0.5 * (-sums / counts)
+    torch.testing.assert_close(losses, expected.float(), atol=1e-5, rtol=0)
 
 
 def test_simpo_makes_no_reference_forward(tiny_path, weighted_jsonl, monkeypatch):
@@ -229,59 +253,114 @@ def test_reward_model_learns_a_separable_preference(tiny_path, pairs_jsonl):
 
 def test_weighted_combination_of_losses_feeds_each_its_own_log_probs(tiny_path, pairs_jsonl):
     """loss_type [sigmoid, ipo, discopop] with weights [1, 0.5, 2]: the pair loss is the weighted sum, with IPO on
-    per-token averages and the others on sums (MPO-style mixture)."""
-    from lightning_post.losses.preference import DPO_LOSSES
-
+    per-token averages and the others on sums (MPO-style mixture). Expected from the papers' formulas on log-probs of
+    one plain forward per reply (policy: the LoRA model; reference: the base model), beta = 0.1, tau = 0.1:
+    z = (pc - rc) - (pr - rr), x = beta z; sigmoid -log sigma(x); IPO (z_avg - 1 / (2 beta))^2 with z_avg the same
+    difference on per-token averages; DiscoPOP m = sigma(x / tau), (1 - m)(-log sigma(x)) + m e^-x."""
     module = DPOModule(tiny_path, peft=LORA, loss_type=["sigmoid", "ipo", "discopop"], loss_weights=[1.0, 0.5, 2.0],
                        beta=0.1, discopop_tau=0.1)
-    batch = ready(module, data(pairs_jsonl, tiny_path))
+    dm = data(pairs_jsonl, tiny_path)
+    batch = ready(module, dm)
     randomise_lora(module)
     with torch.no_grad():
         losses, policy, ref = module.pair_losses(batch, "train")
-        sums, counts = module.reply_logps(batch)
-        ref_sums = module.reference_logps(batch)
-    pc, pr = sums.chunk(2)
-    rc, rr = ref_sums.chunk(2)
-    nc, nr = counts.chunk(2)
-    expected = (DPO_LOSSES["sigmoid"](pc, pr, rc, rr, beta=0.1)
-                + 0.5 * DPO_LOSSES["ipo"](pc / nc, pr / nr, rc / nc, rr / nr, beta=0.1)
-                + 2.0 * DPO_LOSSES["discopop"](pc, pr, rc, rr, beta=0.1, tau=0.1))
-    torch.testing.assert_close(losses, expected, atol=1e-5, rtol=1e-6)
-    torch.testing.assert_close(policy.chosen, pc)  # metrics show what the first loss (sigmoid) sees: sums
+    pairs = dm.splits["train"].rows[:6]  # the pairs of ``batch``
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    base = base_lm(tiny_path)
+    (pc, nc), (pr, nr) = plain_logps(module.model, chosen), plain_logps(module.model, rejected)
+    (rc, _), (rr, _) = plain_logps(base, chosen), plain_logps(base, rejected)
+    assert (nc != nr).all()  # averaging changes the margins: "cat cat" vs "No, I will not say cat."
+    x = 0.1 * ((pc - rc) - (pr - rr))
+    z_avg = (pc - rc) / nc - (pr - rr) / nr
+    m = torch.sigmoid(x / 0.1)
+    expected = -F.logsigmoid(x) + 0.5 * (z_avg - 5.0) ** 2 + 2.0 * ((1 - m) * -F.logsigmoid(x) + m * torch.exp(-x))
+    torch.testing.assert_close(losses, expected.float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(policy.chosen, pc.float(), atol=1e-4, rtol=0)  # metrics show what sigmoid sees: sums
     with pytest.raises(ValueError, match="loss_weights has 1 values for 2 losses"):
         DPOModule(tiny_path, loss_type=["sigmoid", "ipo"], loss_weights=[1.0])
     with pytest.raises(ValueError, match="exo_pair needs label_smoothing"):
         DPOModule(tiny_path, loss_type="exo_pair")
 
 
-@pytest.mark.parametrize("loss_type", ["apo_zero", "sppo_hard", "aot", "sigmoid_norm"])
-def test_every_registered_loss_trains_in_the_module(tiny_path, pairs_jsonl, loss_type):
+def by_formula(loss_type, pc, pr, rc, rr, nc, nr, beta=0.1):
+    """The papers' per-pair formulas on summed log-probs (policy p, reference r, chosen c, rejected r) and reply
+    token counts n, with the log-ratios l_c = pc - rc, l_r = pr - rr."""
+    lc, lr = pc - rc, pr - rr
+    if loss_type == "apo_zero":  # raise the chosen likelihood, lower the rejected
+        return 1 - torch.sigmoid(beta * lc) + torch.sigmoid(beta * lr)
+    if loss_type == "sppo_hard":  # win probability 1 for the chosen, 0 for the rejected
+        return (lc - 1 / (2 * beta)) ** 2 + (lr + 1 / (2 * beta)) ** 2
+    if loss_type == "aot":  # rank i of the sorted policy margins against rank i of the sorted reference margins
+        return -F.logsigmoid(beta * (torch.sort(pc - pr).values - torch.sort(rc - rr).values))
+    assert loss_type == "sigmoid_norm"  # DPO on per-token averages
+    return -F.logsigmoid(beta * (lc / nc - lr / nr))
+
+
+@pytest.mark.parametrize(("loss_type", "step0"), [
+    ("apo_zero", 1.0),  # 1 - sigma(beta l_c) + sigma(beta l_r) = 1 - 1/2 + 1/2
+    ("sppo_hard", 50.0),  # (l_c - 1/(2 beta))^2 + (l_r + 1/(2 beta))^2 = (-5)^2 + 5^2
+    ("aot", math.log(2)),  # sorted policy margins - sorted reference margins = 0: -log sigma(0)
+    ("sigmoid_norm", math.log(2)),  # -log sigma(beta z), z = 0
+], ids=["apo_zero", "sppo_hard", "aot", "sigmoid_norm"])
+def test_every_registered_loss_trains_in_the_module(tiny_path, pairs_jsonl, loss_type, step0):
+    """At step 0 the policy is the reference, so the log-ratios l_c = l_r = 0 and z = 0: each loss has its own
+    closed-form value (beta = 0.1, the default), and one step of training lowers the loss on the next batch. With
+    random adapters (policy != reference) the module's per-pair loss is the loss's formula (:func:`by_formula`) on
+    log-probs of one plain forward per reply, which tells apart the losses that agree at step 0 (aot, sigmoid_norm
+    and DPO's sigmoid are all log 2 there)."""
     L.seed_everything(0)
     module = DPOModule(tiny_path, peft=LORA, loss_type=loss_type, optim=OptimSettings(lr=5e-3))
-    losses, metrics = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=2)
-    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
-    assert metrics[0]["train/rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # step 0: policy == reference
+    losses, _ = _first_step(module, data(pairs_jsonl, tiny_path), max_steps=2)
+    assert len(losses) == 2
+    assert losses[0] == pytest.approx(step0, abs=1e-5)
+    assert losses[1] < losses[0]
+
+    module = DPOModule(tiny_path, peft=LORA, loss_type=loss_type)
+    dm = data(pairs_jsonl, tiny_path)
+    batch = ready(module, dm)
+    randomise_lora(module)
+    with torch.no_grad():
+        got = module.pair_losses(batch, "train")[0]
+    pairs = dm.splits["train"].rows[:6]  # the pairs of ``batch``
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    base = base_lm(tiny_path)
+    (pc, nc), (pr, nr) = plain_logps(module.model, chosen), plain_logps(module.model, rejected)
+    (rc, _), (rr, _) = plain_logps(base, chosen), plain_logps(base, rejected)
+    expected = by_formula(loss_type, pc, pr, rc, rr, nc, nr)
+    sigmoid = -F.logsigmoid(0.1 * ((pc - rc) - (pr - rr)))
+    assert (expected - sigmoid).abs().max() > 1e-3  # a loss that fell back to DPO's sigmoid would show
+    torch.testing.assert_close(got, expected.float(), atol=1e-5, rtol=1e-5)
 
 
 def test_soft_labels_reach_the_dpo_and_reward_losses(tiny_path, tmp_path):
     """Records with ``label`` p: at step 0 (policy == reference, z = 0) DPO's sigmoid loss is
-    -p log sigma(0) - (1 - p) log sigma(0) = log 2 whatever p; after randomising LoRA it equals the soft formula;
-    a loss that cannot take soft labels is refused with its name; the reward model's loss is the soft BT loss."""
-    from lightning_post.losses.preference import bradley_terry_loss
-
+    -p log sigma(0) - (1 - p) log sigma(0) = log 2 whatever p; after randomising LoRA it equals the soft formula
+    -p log sigma(beta z) - (1 - p) log sigma(-beta z) on log-probs of one plain forward per reply (policy: the LoRA
+    model, reference: the base model); a loss that cannot take soft labels is refused with its name; the reward
+    model's loss is the soft Bradley-Terry loss sum_i -p_i log sigma(d_i) - (1 - p_i) log sigma(-d_i), d_i the
+    reward difference of pair i with each reply scored alone."""
     records = [dict(r, label=0.45 + 0.05 * i) for i, r in enumerate(_pairs(False))]  # 0.45 .. 1.0
     path = write_jsonl(tmp_path / "soft.jsonl", records)
     module = DPOModule(tiny_path, peft=LORA, beta=0.5)
     dm = data(path, tiny_path, batch_size=12)
     ready(module, dm)
-    batch = collate_pairs(dm.splits["train"].rows, 0)
-    assert batch["label"].tolist() == pytest.approx([r["label"] for r in records])
+    pairs = dm.splits["train"].rows
+    batch = collate_pairs(pairs, dm._tokenizer().pad_token_id)
+    p = torch.tensor([r["label"] for r in records], dtype=torch.float64)
+    assert len(pairs) == 12 and batch["label"].tolist() == pytest.approx(p.tolist())
+    with torch.no_grad():
+        at_start, _, _ = module.pair_losses(batch, "train")
+    torch.testing.assert_close(at_start, torch.full((12,), math.log(2)), atol=1e-6, rtol=0)
     randomise_lora(module)
     with torch.no_grad():
-        losses, policy, ref = module.pair_losses(batch, "train")
-    z = 0.5 * ((policy.chosen - ref.chosen) - (policy.rejected - ref.rejected))
-    p = batch["label"]
-    torch.testing.assert_close(losses, -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z), atol=1e-5, rtol=0)
+        losses, _, _ = module.pair_losses(batch, "train")
+    chosen, rejected = [q.chosen for q in pairs], [q.rejected for q in pairs]
+    base = base_lm(tiny_path)
+    (pc, _), (pr, _) = plain_logps(module.model, chosen), plain_logps(module.model, rejected)
+    (rc, _), (rr, _) = plain_logps(base, chosen), plain_logps(base, rejected)
+    z = 0.5 * ((pc - rc) - (pr - rr))
+    torch.testing.assert_close(losses, (-p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)).float(), atol=1e-5,
+                               rtol=1e-5)
     hinge = DPOModule(tiny_path, peft=LORA, loss_type="hinge")
     hinge.configure_model()
     with pytest.raises(ValueError, match=r"soft labels.*\['hinge'\]"):
@@ -289,6 +368,9 @@ def test_soft_labels_reach_the_dpo_and_reward_losses(tiny_path, tmp_path):
     reward = RewardModule(tiny_path)
     reward.configure_model()
     with torch.no_grad():
-        r_c, r_r = reward.pair_rewards(batch)
-        got = reward.micro_step(batch)["loss_sum"]
-    assert got.item() == pytest.approx(bradley_terry_loss(r_c, r_r, label=p).sum().item(), abs=1e-4)
+        got = reward.micro_step(batch)["loss_sum"].item()
+        alone = [[reward.model(input_ids=torch.tensor([ex.input_ids])).logits[0, 0].item() for ex in side]
+                 for side in (chosen, rejected)]
+    by_hand = sum(pi * math.log1p(math.exp(-(c - r))) + (1 - pi) * math.log1p(math.exp(c - r))
+                  for pi, c, r in zip(p.tolist(), *alone))
+    assert got == pytest.approx(by_hand, rel=1e-5)

@@ -21,7 +21,7 @@ from lightning_post.quality.stats import (
     position_bias, win_rates,
 )
 from tests.conftest import SHARED_DATA, write_jsonl
-from tests.test_cli import client
+from tests.cli_runner import client
 
 PROMPT = [{"role": "user", "content": "Name a colour."}]
 
@@ -108,10 +108,15 @@ def test_planted_length_bias_with_effect_size():
 
 def test_model_win_rates_count_ties_half():
     rates = win_rates([("m1", "m2", "A"), ("m2", "m1", "B"), ("m1", "m2", "Tie"), ("m2", "m3", "A")])
-    assert rates["m1"] == {"wins": 2, "losses": 0, "ties": 1, "n": 3, "win_rate": 2.5 / 3,
-                           "ci": rates["m1"]["ci"]}
+    # m1: won as A and as B, one tie -> 2.5 of 3. Its 95% Wilson interval by hand, z = 1.959964, z^2 = 3.841459:
+    # centre = (p + z^2/2n) / (1 + z^2/n) = (0.833333 + 0.640243) / 2.280486 = 0.646167,
+    # half = z sqrt(p(1-p)/n + z^2/4n^2) / (1 + z^2/n) = 1.959964 * sqrt(0.046296 + 0.106707) / 2.280486 = 0.336180
+    m1 = rates["m1"]
+    assert {k: m1[k] for k in ("wins", "losses", "ties", "n")} == {"wins": 2, "losses": 0, "ties": 1, "n": 3}
+    assert m1["win_rate"] == pytest.approx(2.5 / 3) and m1["ci"] == pytest.approx([0.309988, 0.982347], abs=2e-6)
+    # m2: one win, two losses, one tie -> 1.5 of 4; m3: none of 1, whose Wilson interval is [0, z^2 / (1 + z^2)]
     assert rates["m2"]["win_rate"] == pytest.approx(1.5 / 4)
-    assert rates["m3"]["win_rate"] == 0.0
+    assert rates["m3"]["win_rate"] == 0.0 and rates["m3"]["ci"] == pytest.approx([0.0, 3.841459 / 4.841459])
 
 
 # ---- validation -----------------------------------------------------------------------------------------------------
@@ -238,39 +243,116 @@ def tiny_reward(tiny_path, tmp_path_factory):
     return str(out)
 
 
+def _swapped(pairs: list[dict]) -> list[dict]:
+    """The same comparisons with the answers shown the other way round."""
+    from lightning_post.quality.schema import normalize_pair
+
+    return [normalize_pair({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "response_a": p["response_b"],
+                            "response_b": p["response_a"], "model_a": p["model_b"], "model_b": p["model_a"]}, "swap")
+            for p in pairs]
+
+
+class _FixedRewards:
+    """A reward judge (the interface of RewardModelJudge) whose score of an answer is set by hand per model."""
+
+    tie_band = 0.0
+
+    def __init__(self, by_model: dict[str, float]):
+        self.by_model, self.calls = by_model, []
+
+    def scores(self, prompts, answers):
+        self.calls.append(len(answers))
+        return [self.by_model[a.split()[0]] for a in answers]  # "m1 answers q0" -> m1
+
+
 def test_reward_model_judge_labels_are_bradley_terry_of_its_scores(tiny_reward):
     from lightning_post.evaluation.judges import RewardModelJudge
 
-    judge = RewardModelJudge(tiny_reward, batch_size=2)
+    # scores m1 = 2, m2 = 0, m3 = 2 by hand: P(A better) = sigmoid(r_A - r_B); sigmoid(2) = 1 / (1 + e^-2) =
+    # 1 / 1.135335 = 0.880797 -> A, confidence 1 + floor(10 * 0.380797) = 4; sigmoid(-2) = 0.119203 -> B, 4;
+    # sigmoid(0) = 0.5 -> Tie, 1
+    expected = {("m1", "m2"): ("A", 4, "reward 2.000 (A) vs 0.000 (B); P(A better) = 0.881"),
+                ("m2", "m1"): ("B", 4, "reward 0.000 (A) vs 2.000 (B); P(A better) = 0.119"),
+                ("m1", "m3"): ("Tie", 1, "reward 2.000 (A) vs 2.000 (B); P(A better) = 0.500"),
+                ("m3", "m1"): ("Tie", 1, "reward 2.000 (A) vs 2.000 (B); P(A better) = 0.500"),
+                ("m2", "m3"): ("B", 4, "reward 0.000 (A) vs 2.000 (B); P(A better) = 0.119"),
+                ("m3", "m2"): ("A", 4, "reward 2.000 (A) vs 0.000 (B); P(A better) = 0.881")}
     pairs = build_pairs(_responses(3), seed=0)
-    anns = label_pairs(pairs, judge, "rm")
-    assert len(anns) == 9 and {a["annotator"] for a in anns} == {"rm"}
-    for p, a in zip(pairs, anns):
-        sa, sb = judge.scores([p["prompt"]] * 2, [p["response_a"], p["response_b"]])  # scored alone
-        p_a = 1 / (1 + math.exp(-(sa - sb)))
-        assert a["overall"] == ("A" if p_a > 0.5 else "B" if p_a < 0.5 else "Tie")
-        assert a["confidence"] == confidence_of(p_a)
-        assert f"P(A better) = {p_a:.3f}" in a["reasoning"]
+    fixed = _FixedRewards({"m1": 2.0, "m2": 0.0, "m3": 2.0})
+    anns = label_pairs(pairs + _swapped(pairs), fixed, "rm")
+    assert fixed.calls == [9]  # each of the 3 x 3 distinct (prompt, answer) scored once, in one call
+    assert len(anns) == 18 and {a["annotator"] for a in anns} == {"rm"}
+    assert {(a["model_a"], a["model_b"]) for a in anns} == set(expected)  # both orders of every model pair
+    for a in anns:
+        assert (a["overall"], a["confidence"], a["reasoning"]) == expected[a["model_a"], a["model_b"]], a
+    # the real reward model (random head, so no ties): showing the answers the other way round mirrors each label
+    judge = RewardModelJudge(tiny_reward, batch_size=2)
+    shown, flipped = label_pairs(pairs, judge, "rm"), label_pairs(_swapped(pairs), judge, "rm")
+    assert len(shown) == 9 and "Tie" not in {a["overall"] for a in shown}
+    for a, b in zip(shown, flipped):
+        assert {a["overall"], b["overall"]} == {"A", "B"} and a["confidence"] == b["confidence"]
+        p_a, p_b = (float(x["reasoning"].rsplit("= ", 1)[1]) for x in (a, b))
+        assert p_a + p_b == pytest.approx(1.0, abs=1.5e-3)  # each rounded to 3 decimals
     with pytest.raises(ValueError, match="LLM judge"):
         label_pairs(pairs, judge, "rm", criteria=["honesty"])
+
+
+class _PositionBiasedLM:
+    """Stands in for the judge LM's generator: asked which answer is better, it gives the answer shown first
+    P = 1/2 + (q[first] - q[second]) + 0.15 (a quality difference and a position bias of 0.15); asked about
+    helpfulness it ranks the models the other way round."""
+
+    Q = {"m1": 0.3, "m2": 0.0, "m3": 0.1}
+
+    def option_probs(self, asks, options, answer_prefix=None, desc=None):
+        import torch
+
+        from lightning_post.quality.collect import CRITERION_QUESTIONS
+
+        assert options == ["A", "B"]
+        rows = []
+        for ask in asks:
+            text = ask[-1]["content"]
+            first, second = sorted((m for m in self.Q if f"{m} answers" in text), key=lambda m: text.index(f"{m} ans"))
+            sign = -1 if CRITERION_QUESTIONS["helpfulness"] in text else 1
+            p = 0.5 + sign * (self.Q[first] - self.Q[second]) + 0.15
+            rows.append([p, 1 - p])
+        return torch.tensor(rows, dtype=torch.float64)
 
 
 def test_llm_judge_labels_both_orders_criteria_and_single_order(tiny_path):
     from lightning_post.evaluation.judges import LLMJudge
 
-    judge = LLMJudge(tiny_path, tie_band=0.0, batch_size=4)
-    pairs = build_pairs(_responses(2), seed=0)
-    anns = label_pairs(pairs, judge, "llm", criteria=["helpfulness"], single_order_annotator="llm-one-order")
+    # both orders: p_a = (P(A | A first) + P(A | A second)) / 2 = 1/2 + q[A] - q[B], the bias of 0.15 cancels;
+    # one order: p_first = 1/2 + q[A] - q[B] + 0.15. Confidence 1 + floor(10 |p - 1/2|).
+    # (model_a, model_b): (overall, confidence, one-order verdict, its confidence)
+    expected = {("m1", "m2"): ("A", 4, "A", 5),  # p_a 0.8, p_first 0.95
+                ("m2", "m1"): ("B", 4, "B", 2),  # 0.2, 0.35
+                ("m1", "m3"): ("A", 3, "A", 4),  # 0.7, 0.85
+                ("m3", "m1"): ("B", 3, "B", 1),  # 0.3, 0.45
+                ("m2", "m3"): ("B", 2, "A", 1),  # 0.4, 0.55: the position bias flips the one-order verdict
+                ("m3", "m2"): ("A", 2, "A", 3)}  # 0.6, 0.75
+    pairs = build_pairs(_responses(1), seed=0)
+    pairs += _swapped(pairs)
+    stub = LLMJudge.from_generator(_PositionBiasedLM(), tie_band=0.0)
+    anns = label_pairs(pairs, stub, "llm", criteria=["helpfulness"], single_order_annotator="llm-one-order")
     both, single = anns[:6], anns[6:]
-    assert {a["annotator"] for a in single} == {"llm-one-order"}
-    ab = judge.choice_probs([p["prompt"] for p in pairs], [p["response_a"] for p in pairs],
-                            [p["response_b"] for p in pairs])
-    ba = judge.choice_probs([p["prompt"] for p in pairs], [p["response_b"] for p in pairs],
-                            [p["response_a"] for p in pairs])
-    for i, a in enumerate(both):
-        p_a = float(ab[i, 0] + ba[i, 1]) / 2
-        assert a["overall"] == ("A" if p_a > 0.5 else "B") and set(a["criteria"]) == {"helpfulness"}
-        assert single[i]["overall"] == ("A" if float(ab[i, 0]) > 0.5 else "B")
+    assert {a["annotator"] for a in both} == {"llm"} and {a["annotator"] for a in single} == {"llm-one-order"}
+    assert {(a["model_a"], a["model_b"]) for a in both} == set(expected)
+    for a, one in zip(both, single):
+        want = expected[a["model_a"], a["model_b"]]
+        assert (a["overall"], a["confidence"], one["overall"], one["confidence"]) == want, a
+        assert a["criteria"] == {"helpfulness": {"A": "B", "B": "A"}[a["overall"]]}  # ranked the other way round
+        assert one["criteria"] == {} and (one["model_a"], one["model_b"]) == (a["model_a"], a["model_b"])
+    m1_m2 = next(a for a in both if (a["model_a"], a["model_b"]) == ("m1", "m2"))
+    assert m1_m2["reasoning"] == "P(A better) = 0.800 (A shown first 0.950, shown second 0.650)"
+    # the real tiny LM: asked in both orders, showing the answers the other way round mirrors each label exactly
+    judge = LLMJudge(tiny_path, tie_band=0.0, batch_size=4)
+    real = build_pairs(_responses(2), seed=0)
+    shown, flipped = label_pairs(real, judge, "llm"), label_pairs(_swapped(real), judge, "llm")
+    assert len(shown) == 6
+    for a, b in zip(shown, flipped):
+        assert {a["overall"], b["overall"]} == {"A", "B"} and a["confidence"] == b["confidence"]
 
 
 # ---- commands -------------------------------------------------------------------------------------------------------
@@ -316,19 +398,43 @@ def test_pairs_label_convert_commands_on_the_tiny_model(tmp_path, tiny_path):
     from lightning_post.evaluation.commands import run_command
     from lightning_post.quality.commands import DATA_COMMANDS
 
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}."} for w in ("yes", "no", "maybe")])
+    words = ("yes", "no", "maybe")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}."} for w in words])
     pairs = tmp_path / "pairs.jsonl"
-    summary = run_command("pairs", ["--models", json.dumps([tiny_path, "tiny-llama"]), "--prompts", str(prompts),
+    models = [tiny_path, "tiny-llama"]  # the same network under two names; sampling makes their answers differ
+    summary = run_command("pairs", ["--models", json.dumps(models), "--prompts", str(prompts),
                                     "--output", str(pairs), "--max_new_tokens", "6", "--temperature", "1.0"], DATA_COMMANDS)
-    assert summary["pairs"] == 3 and (tmp_path / "pairs.responses.jsonl").exists()
+    assert summary == {"answers": 6, "pairs": 3, "prompts": 3, "models": sorted(models), "output": str(pairs)}
+    # 3 prompts x 2 models answered; one pair per prompt, showing each model's own answer on its recorded side
+    answers = {(r["prompt"][-1]["content"], r["model"]): r["response"]
+               for r in map(json.loads, (tmp_path / "pairs.responses.jsonl").read_text().splitlines())}
+    assert set(answers) == {(f"Say {w}.", m) for w in words for m in models}
+    made = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert sorted(p["prompt"][-1]["content"] for p in made) == sorted(f"Say {w}." for w in words)
+    for p in made:
+        assert {p["model_a"], p["model_b"]} == set(models)
+        assert (p["response_a"], p["response_b"]) == (answers[p["prompt"][-1]["content"], p["model_a"]],
+                                                      answers[p["prompt"][-1]["content"], p["model_b"]])
     labels = tmp_path / "labels.jsonl"
     run_command("label", ["--pairs", str(pairs), "--judge_model", tiny_path, "--output", str(labels)], DATA_COMMANDS)
     anns = [a for _, a in load_annotations([str(labels)])]
-    assert len(anns) == 3 and all(a["annotator"].startswith("llm:") for a in anns)
+    # the random 2-layer judge barely tells answers apart: asked in both orders its position preference cancels and
+    # P(A better) stays within 1e-3 of 1/2 (about 1e-5 measured), far inside the default tie band of 0.05 -> every
+    # label is a tie with confidence 1, recorded under the judge folder's name
+    assert [(a["pair_id"], a["response_a"], a["response_b"]) for a in anns] == \
+        [(p["pair_id"], p["response_a"], p["response_b"]) for p in made]
+    assert {(a["annotator"], a["overall"], a["confidence"]) for a in anns} == {("llm:tiny-llama", "Tie", 1)}
     train = tmp_path / "train.jsonl"
     got = run_command("convert", ["--annotations", str(labels), "--output", str(train), "--ties", "half"],
                       DATA_COMMANDS)
-    assert got["pairs"] == 3 and len(train.read_text().splitlines()) == 3
+    assert got == {"annotations": 3, "pairs": 3, "output": str(train)}
+    # ties kept as soft labels 0.5, the answers in their shown order
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    assert [(r["chosen"], r["rejected"], r["label"], r["pair_id"]) for r in rows] == \
+        [(p["response_a"], p["response_b"], 0.5, p["pair_id"]) for p in made]
+    dropped = run_command("convert", ["--annotations", str(labels), "--output", str(tmp_path / "drop.jsonl")],
+                          DATA_COMMANDS)
+    assert dropped["pairs"] == 0  # ties are dropped by default
 
 
 def _strict_json(text: str):

@@ -10,7 +10,7 @@ import pytest
 
 from lightning_post.data.safety import SafetyFilter, apply_safety_filter, filter_splits, model_classifier
 from tests.conftest import CONFIGS, write_jsonl
-from tests.test_cli import cli, client
+from tests.cli_runner import cli, client
 
 CLEAN = {"instruction": "Name a primary colour.", "input": "", "response": "Red is a primary colour."}
 EMAIL = {"instruction": "Who do I contact?", "input": "", "response": "Write to jane.doe@example.com for help."}

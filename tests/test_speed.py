@@ -189,6 +189,8 @@ def test_fused_lora_forward_equals_peft():
         out["loss_sum"].backward()
         outs.append((out["loss_sum"].item(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
     assert outs[0][0] == pytest.approx(outs[1][0], rel=1e-6)
+    # every adapter got a gradient in both: 2 layers x 7 linear layers (q, k, v, o, gate, up, down) x lora_A/lora_B
+    assert outs[0][1].keys() == outs[1][1].keys() and len(outs[1][1]) == 2 * 7 * 2
     for n, g in outs[1][1].items():
         assert torch.allclose(outs[0][1][n], g, atol=1e-6), n
     with torch.no_grad(), disable_adapters(fused.model), disable_adapters(plain.model):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import CONFIGS, write_jsonl
-from tests.test_cli import client
+from tests.cli_runner import client
 
 NAME = re.compile(r"^sft-\d{6}-\d{6}-tiny-llama-[0-9a-f]{4}$")
 QUICK = ["--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--samples.enabled", "false",
