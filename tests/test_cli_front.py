@@ -186,6 +186,10 @@ def test_the_console_script_answers_help_and_a_bad_case():
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == ["lightning-post evaluate: error: model: no such folder: "
                                                 "./no/such/model"]
+    # the old name of `lightning-post data feedback`, an installed script of its own
+    proc = subprocess.run([str(exe.parent / "lightning-post-feedback"), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "lightning-post data feedback" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.slow  # a process per case (each imports torch)
