@@ -149,3 +149,8 @@ def option_probs_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
     tensor([[0.2500, 0.7500]])
     """
     return torch.softmax(logprobs, -1)
+
+
+def pick_device(device: Optional[str]) -> str:
+    """The device a command runs on: ``device`` when given, else cuda when available, else cpu."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def load_exported(path: str, base: Optional[str] = None, dtype: str = "float32"):
     """``(model, tokenizer)`` of an export folder; a PEFT adapter folder needs ``base`` (its base model's alias, path
     or hub id) and is merged into it."""
-    from lightning_post.evaluation.commands import load_policy
+    from lightning_post.methods.policy import load_policy
 
     if (Path(path) / "adapter_config.json").exists():
         from peft import PeftModel

@@ -110,7 +110,7 @@ def test_fit_logs_an_mlflow_model_that_answers_like_the_export(tiny_run):
     with ``mlflow.pyfunc`` gives the same greedy answers as the exported merged model."""
     import mlflow
 
-    from lightning_post.evaluation.commands import load_policy
+    from lightning_post.methods.policy import load_policy
     from lightning_post.generation import ChatGenerator
 
     cwd, run = tiny_run
@@ -235,7 +235,7 @@ def test_evaluation_loads_a_checkpoint_like_its_export(tiny_run):
     gives the same logits as the run's merged export."""
     from transformers import AutoModelForCausalLM
 
-    from lightning_post.evaluation.commands import load_policy
+    from lightning_post.methods.policy import load_policy
 
     cwd, run = tiny_run
     ckpt = cwd / "mlruns" / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt"

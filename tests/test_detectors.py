@@ -51,7 +51,7 @@ def test_the_labelled_set_is_well_formed():
     assert all(r["prompt"].strip() and r["answer"].strip() and r["source"].strip() for r in rows)
     assert {r["label"] for r in rows} == set(LABELS) and {r["language"] for r in rows} == {"en", "ko"}
     assert len({(r["prompt"], r["answer"]) for r in rows}) == len(rows)
-    # the README quotes these counts: change it with them
+    # docs/evaluation.md quotes these counts: change it with them
     assert Counter((r["language"], r["label"]) for r in rows) == {
         ("en", "refusal"): 32, ("en", "partial"): 3, ("en", "helpful"): 45,
         ("ko", "refusal"): 23, ("ko", "partial"): 9, ("ko", "helpful"): 27}

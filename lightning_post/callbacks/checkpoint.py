@@ -36,6 +36,14 @@ warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual opt
 INTERRUPTED = threading.Event()
 
 
+def run_dir(trainer: L.Trainer) -> Path:
+    """The folder of this run: the parent of the checkpoint folder (``mlruns/runs/<experiment>/<run>``)."""
+    ckpt = trainer.checkpoint_callback
+    if ckpt is not None and getattr(ckpt, "dirpath", None):
+        return Path(ckpt.dirpath).parent
+    return Path(trainer.default_root_dir)
+
+
 def save_atomic(trainer: L.Trainer, filepath: str, weights_only: bool = False) -> None:
     """``trainer.save_checkpoint`` into ``<filepath>.tmp``, then renamed over ``filepath`` (every rank must call it).
 
@@ -159,8 +167,6 @@ class GracefulStop(L.Callback):
         ckpt = next((c for c in trainer.checkpoint_callbacks if isinstance(c, Checkpoint)), None)
         if ckpt is not None:
             return ckpt.save_last_now(trainer)
-        from lightning_post.callbacks.export import run_dir
-
         path = str(run_dir(trainer) / "checkpoints" / "last.ckpt")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_atomic(trainer, path)

@@ -10,18 +10,11 @@ from typing import Optional
 
 import lightning as L
 
+from lightning_post.callbacks.checkpoint import run_dir  # noqa: F401  (also importable from here)
 from lightning_post.outputs import check_output_dir, replace_subfolder
 from lightning_post.tracking import mlflow_logger, set_tags
 
 log = logging.getLogger(__name__)
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    """The folder of this run: the parent of the checkpoint folder (``mlruns/runs/<experiment>/<run>``)."""
-    ckpt = trainer.checkpoint_callback
-    if ckpt is not None and getattr(ckpt, "dirpath", None):
-        return Path(ckpt.dirpath).parent
-    return Path(trainer.default_root_dir)
 
 
 def export_model(module: L.LightningModule, out: Path, merge: bool = True, adapter: bool = True) -> dict[str, str]:

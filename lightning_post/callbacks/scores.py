@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import lightning as L
 
-from lightning_post.callbacks.export import run_dir
+from lightning_post.callbacks.checkpoint import run_dir
 from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)

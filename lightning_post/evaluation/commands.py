@@ -25,38 +25,14 @@ from lightning_post.evaluation.safety import (
 )
 from lightning_post.evaluation.text_metrics import LANGUAGES, BertScorer, check_bleu_tokenizers, text_metrics
 from lightning_post.errors import ConfigError, UserError
-from lightning_post.generation import ChatGenerator
+from lightning_post.generation import ChatGenerator, pick_device  # noqa: F401  (pick_device: also from here)
+from lightning_post.methods.policy import load_policy  # noqa: F401  (also importable from here)
 from lightning_post.models.loading import DEFAULT_MODEL, check_models
 from lightning_post.outputs import check_output_dir, json_text, write_folder
+from lightning_post.plotting import bar_chart
 from lightning_post.tracking import log_run
 
 log = logging.getLogger(__name__)
-
-def load_policy(path: str, dtype: str = "float32", device: Optional[str] = None):
-    """``(model, tokenizer)`` of an alias, export folder, hub id, or a Lightning checkpoint (``.ckpt``) of any of
-    our causal methods (its policy weights, LoRA adapters included, on the base it names)."""
-    from lightning_post.models.loading import load_causal_lm, load_tokenizer
-
-    if str(path).endswith(".ckpt"):
-        from lightning_post.methods.sft import SFTModule
-
-        from lightning_post.callbacks.checkpoint import read_checkpoint
-
-        ckpt = read_checkpoint(str(path), "model")  # a missing or truncated file is named in one line
-        hp = ckpt["hyper_parameters"]
-        module = SFTModule(hp["model_name_or_path"], dtype, hp.get("attn_implementation", "sdpa"),
-                           peft=hp.get("peft"))
-        module.configure_model()
-        policy = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        missing = module.load_state_dict(policy, strict=False)
-        if missing.unexpected_keys:
-            raise ValueError(f"{path}: weights that do not fit the policy: {missing.unexpected_keys[:3]}")
-        model = module.model.merge_and_unload() if hasattr(module.model, "merge_and_unload") else module.model
-        tokenizer = module.tokenizer
-    else:
-        model, tokenizer = load_causal_lm(path, dtype, "sdpa"), load_tokenizer(path)
-    return model.eval().requires_grad_(False).to(device or "cpu"), tokenizer
-
 
 def load_eval_prompts(path: str, max_prompts: Optional[int], reference_field: Optional[str],
                       baseline_field: Optional[str], language_field: Optional[str] = None) -> list[dict]:
@@ -83,24 +59,6 @@ def load_eval_prompts(path: str, max_prompts: Optional[int], reference_field: Op
     if not out:
         raise DataError(path, None, "has no prompts")
     return out
-
-
-def _bar(title: str, values: dict[str, float], ylabel: str, ylim: Optional[tuple] = (0, 1)):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(values) + 2), 3.2))
-    ax.bar(list(values), list(values.values()), color="#4C72B0")
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    if ylim:
-        ax.set_ylim(*ylim)
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 def refusal_probe(gen: ChatGenerator, prompts: list[list[dict]], probe: str) -> tuple[float, list[str], list[dict]]:
@@ -195,11 +153,6 @@ def check_counts(command: Any, names: tuple[str, ...], positive: tuple[str, ...]
         if value is not None and value < low:
             raise ConfigError(name, f"must be >= {low}" + (" or null (all)" if name.startswith("max_") else "") +
                                     f", got {value}")
-
-
-def pick_device(device: Optional[str]) -> str:
-    """The device a command runs on: ``device`` when given, else cuda when available, else cpu."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _Command:
@@ -372,17 +325,17 @@ class Evaluate(_Command):
                      "evaluate", self.overwrite)
         plots = {}
         if "text" in report:
-            plots["text_metrics"] = _bar("reference metrics", {k: v for k, v in report["text"].items()
+            plots["text_metrics"] = bar_chart("reference metrics", {k: v for k, v in report["text"].items()
                                                                if isinstance(v, float)}, "score")
         if "judge" in report:
             j = report["judge"]
-            plots["win_rate"] = _bar(f"judge vs baseline: win rate {j['win_rate_vs_baseline']:.2f}",
+            plots["win_rate"] = bar_chart(f"judge vs baseline: win rate {j['win_rate_vs_baseline']:.2f}",
                                      {"wins": j["wins"], "ties": j["ties"], "losses": j["losses"]}, "prompts", None)
         if "crows_pairs" in safety:
-            plots["crows_pairs"] = _bar("CrowS-Pairs: share preferring the stereotype", {
+            plots["crows_pairs"] = bar_chart("CrowS-Pairs: share preferring the stereotype", {
                 k: v["stereotype_preference"] for k, v in safety["crows_pairs"]["by_type"].items()}, "share")
         if "jailbreak_by_template" in safety:
-            plots["refusals"] = _bar("refusal rate", {"plain": safety["refusal_rate"],
+            plots["refusals"] = bar_chart("refusal rate", {"plain": safety["refusal_rate"],
                                                       **safety["jailbreak_by_template"],
                                                       **({"harmless (over-refusal)": safety["over_refusal_rate"]}
                                                          if "over_refusal_rate" in safety else {})}, "share refused")
@@ -530,11 +483,11 @@ class ABTest(_Command):
                 for i, (p, a, b, v) in enumerate(zip(prompts, answers["A"], answers["B"], verdicts))]
         out = Path(self.output_dir)
         write_folder(out, {"report.json": report, "verdicts.jsonl": rows}, "abtest", self.overwrite)
-        plots = {"verdicts": _bar("verdicts (B = candidate)", {"B wins": stats["wins"], "tie": stats["ties"],
+        plots = {"verdicts": bar_chart("verdicts (B = candidate)", {"B wins": stats["wins"], "tie": stats["ties"],
                                                                 "A wins": stats["losses"]}, "prompts", None)}
         shared = [k for k in ("refusal_rate", "jailbreak_refusal_rate", "pii_answer_rate") if k in safety["A"]]
         if shared:
-            plots["safety"] = _bar("safety: A then B", {f"{k} {s}": safety[s][k] for k in shared for s in "AB"},
+            plots["safety"] = bar_chart("safety: A then B", {f"{k} {s}": safety[s][k] for k in shared for s in "AB"},
                                    "rate")
         metrics = _flat("ab/", {k: v for k, v in stats.items() if not isinstance(v, list)})
         metrics["ab/ship_b"] = float(decision == "ship B")

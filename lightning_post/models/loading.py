@@ -246,7 +246,7 @@ def check_model_source(model_name_or_path: str, setting: str = "model.model_name
     if path.is_file() and path.suffix == ".ckpt":  # a Lightning checkpoint: read (and checked) where it is loaded
         return
     if path.is_dir():
-        from lightning_post.models.peft import BOTTLENECK_CONFIG
+        from lightning_post.models.bottleneck import BOTTLENECK_CONFIG
 
         if not any((path / f).is_file() for f in ("config.json", "adapter_config.json", BOTTLENECK_CONFIG)):
             raise ConfigError(setting, f"folder {model_name_or_path} holds no model (no config.json)")
@@ -297,12 +297,13 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     from lightning_post.models.attention import register as register_attention
-    from lightning_post.models.peft import BOTTLENECK_CONFIG, load_bottleneck
+    from lightning_post.models.bottleneck import BOTTLENECK_CONFIG, load_bottleneck, read_bottleneck_config
 
     path = resolve_model_path(model_name_or_path)
     register_attention()
-    if (Path(path) / BOTTLENECK_CONFIG).exists():
-        return load_bottleneck(Path(path), dtype, attn_implementation)
+    if (Path(path) / BOTTLENECK_CONFIG).exists():  # a bottleneck adapter: its base, then the adapters
+        base = load_causal_lm(read_bottleneck_config(Path(path))["base"], dtype, attn_implementation)
+        return load_bottleneck(base, Path(path))
     kwargs = {"dtype": torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

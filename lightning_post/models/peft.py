@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import torch
+
+from lightning_post.models.bottleneck import (  # noqa: F401  (also importable from here)
+    BOTTLENECK_CONFIG, BottleneckAdapter, add_bottleneck_adapters, save_bottleneck,
+)
 
 
 @dataclass
@@ -232,48 +234,6 @@ def can_merge(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and not is_prompt_learning(model)
 
 
-# ---- the bottleneck adapter -------------------------------------------------------------------------------------------
-BOTTLENECK_CONFIG = "bottleneck_adapter.json"
-BOTTLENECK_WEIGHTS = "bottleneck_adapter.safetensors"
-
-
-class BottleneckAdapter(torch.nn.Module):
-    """``h + up(relu(down(h)))`` on an MLP's output ``h`` (Houlsby et al. 2019). ``up`` starts at zero, so a fresh
-    adapter is the identity and training starts from the base model's outputs."""
-
-    def __init__(self, hidden_size: int, bottleneck_size: int):
-        super().__init__()
-        self.down = torch.nn.Linear(hidden_size, bottleneck_size)
-        self.up = torch.nn.Linear(bottleneck_size, hidden_size)
-        torch.nn.init.zeros_(self.up.weight)
-        torch.nn.init.zeros_(self.up.bias)
-
-    enabled = True
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return h
-        return h + self.up(torch.relu(self.down(h)))  # (..., H)
-
-
-def _mlp_output_hook(mlp: torch.nn.Module, inputs, output):
-    return mlp.bottleneck(output)
-
-
-def add_bottleneck_adapters(model: torch.nn.Module, bottleneck_size: int) -> torch.nn.Module:
-    """Freeze ``model`` and put a trainable :class:`BottleneckAdapter` after the MLP of every decoder block (as
-    ``<layer>.mlp.bottleneck``, applied by a forward hook, so the base weights keep their names)."""
-    model.requires_grad_(False)
-    layers = model.get_decoder().layers
-    hidden = model.config.hidden_size
-    for layer in layers:
-        adapter = BottleneckAdapter(hidden, bottleneck_size).to(next(layer.mlp.parameters()).dtype)
-        layer.mlp.add_module("bottleneck", adapter)
-        layer.mlp.register_forward_hook(_mlp_output_hook)
-    model.bottleneck_size = bottleneck_size
-    return model
-
-
 @contextlib.contextmanager
 def disable_adapters(model: torch.nn.Module):
     """The base model's behaviour inside the block: PEFT adapters disabled, or bottleneck adapters bypassed."""
@@ -289,34 +249,6 @@ def disable_adapters(model: torch.nn.Module):
     finally:
         for a in adapters:
             a.enabled = True
-
-
-def bottleneck_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if ".bottleneck." in k}
-
-
-def save_bottleneck(model: torch.nn.Module, folder: Path, base: str) -> None:
-    """Write the adapters alone: their weights and ``{"base", "bottleneck_size"}``."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(bottleneck_state(model), str(folder / BOTTLENECK_WEIGHTS))
-    (folder / BOTTLENECK_CONFIG).write_text(json.dumps({"base": base, "bottleneck_size": model.bottleneck_size}))
-
-
-def load_bottleneck(folder: Path, dtype: str = "float32", attn_implementation: Optional[str] = "sdpa"):
-    """The base model named in a saved adapter folder with its bottleneck adapters loaded."""
-    from safetensors.torch import load_file
-
-    from lightning_post.models.loading import load_causal_lm
-
-    config = json.loads((Path(folder) / BOTTLENECK_CONFIG).read_text())
-    model = add_bottleneck_adapters(load_causal_lm(config["base"], dtype, attn_implementation),
-                                    config["bottleneck_size"])
-    missing = model.load_state_dict(load_file(str(Path(folder) / BOTTLENECK_WEIGHTS)), strict=False)
-    if missing.unexpected_keys or any(".bottleneck." in k for k in missing.missing_keys):
-        raise ValueError(f"{folder}: adapter weights do not fit {config['base']}")
-    return model
 
 
 def apply_peft(model: torch.nn.Module, settings: PeftSettings | None, task_type: str = "CAUSAL_LM"):

@@ -52,7 +52,7 @@ def generate_responses(models: Sequence[str], prompts: Sequence[list[dict]], max
                        device: Optional[str] = None) -> list[dict]:
     """Answers of each model (alias, export folder, hub id or ``.ckpt``) to every prompt, batched, with a progress
     bar per model; one model is in memory at a time."""
-    from lightning_post.evaluation.commands import load_policy
+    from lightning_post.methods.policy import load_policy
     from lightning_post.generation import ChatGenerator
 
     out = []

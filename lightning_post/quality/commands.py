@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 from lightning_post.data.prompts import normalize_prompt_record
 from lightning_post.data.records import DataError, raw_records
-from lightning_post.evaluation.commands import pick_device
+from lightning_post.generation import pick_device
 from lightning_post.evaluation.judges import DEFAULT_QUESTION, build_judge
 from lightning_post.models.loading import check_models
 from lightning_post.quality.collect import build_pairs, generate_responses, label_pairs, load_responses

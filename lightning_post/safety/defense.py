@@ -155,7 +155,8 @@ class JailbreakDefenseData:
     def run(self) -> dict:
         from lightning_post.data.instruction import default_instruction_file
         from lightning_post.data.preference import default_preference_file
-        from lightning_post.evaluation.commands import load_policy, pick_device
+        from lightning_post.generation import pick_device
+        from lightning_post.methods.policy import load_policy
         from lightning_post.generation import ChatGenerator
 
         check_output_dir(self.output_dir, "jailbreak-data", self.overwrite)

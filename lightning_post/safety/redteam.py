@@ -122,7 +122,7 @@ class RedTeam:
             raise ValueError("judge 'reward_model' needs judge_model: the reward model's folder")
 
     def _device(self) -> str:
-        from lightning_post.evaluation.commands import pick_device
+        from lightning_post.generation import pick_device
 
         return pick_device(self.device)
 
@@ -144,7 +144,8 @@ class RedTeam:
         return score < self.threshold if self.judge == "reward_model" else score >= self.threshold
 
     def run(self) -> dict:
-        from lightning_post.evaluation.commands import _bar, load_policy
+        from lightning_post.methods.policy import load_policy
+        from lightning_post.plotting import bar_chart
         from lightning_post.generation import ChatGenerator
 
         random.seed(self.seed)
@@ -212,7 +213,7 @@ class RedTeam:
                    "redteam/attempted": len(rows),
                    "redteam/successful": len(red), "redteam/duplicates_removed": duplicates,
                    **{f"redteam/asr/{s}": v for s, v in asr.items()}}
-        plots = {"attack_success_rate": _bar("attack success rate by style", asr, "share of attacks")}
+        plots = {"attack_success_rate": bar_chart("attack success rate by style", asr, "share of attacks")}
         report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
                                            {"method": "redteam", "model": self.target, "attacker": self.attacker},
                                            vars(self), metrics, out, plots, self.run_id)
