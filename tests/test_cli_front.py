@@ -162,7 +162,7 @@ def test_data_feedback_is_a_data_command_with_config_and_print_config(tmp_path, 
 
 def test_help_and_version_import_no_torch():
     """What makes them answer at once: the front module and the package import nothing heavy (timed in
-    benchmarks/cli_startup.py, not here)."""
+    benchmarks/cli_startup/cli_startup.py, not here)."""
     code = ("import sys; from lightning_post import cli\n"
             "for argv in (['--help'], ['--version'], ['data', '--help'], ['evalute']):\n"
             "    try: cli.main(argv)\n"

@@ -3,7 +3,7 @@
 - **BLEU** through sacrebleu (sentence BLEU with its default ``exp`` smoothing and effective order; corpus BLEU with
   n-gram counts pooled over the corpus), with a sacrebleu tokenizer per language (``13a`` for English, ``char`` for
   Korean, where whitespace words share nothing: ``서울은`` / ``서울입니다``; characters ranked same-prompt replies
-  above others better than mecab morphemes, 0.76 against 0.67 and 0.57 for ``13a``: benchmarks/korean_bleu.py) and
+  above others better than mecab morphemes, 0.76 against 0.67 and 0.57 for ``13a``: benchmarks/evaluation/korean_bleu.py) and
   sacrebleu's signature in the report. Scores are sacrebleu's divided by 100.
 - **ROUGE-1/2/L** F-measures over Unicode word tokens (rouge-score's tokenizer, lowercased ``\\w+`` instead of
   ``[a-z0-9]+``) for English and mecab morphemes for Korean.
