@@ -1,11 +1,11 @@
 """``lightning-post``: one command line for every method and tool.
 
     lightning-post --help                                      (every command, one line each)
-    lightning-post fit --config configs/sft.yaml
-    lightning-post fit --config configs/sft.yaml --config configs/strategies/ddp.yaml
-    lightning-post test --config configs/sft.yaml --ckpt_path mlruns/runs/<exp>/<run>/checkpoints/last.ckpt
-    lightning-post evaluate --config configs/evaluate.yaml --model exports/sft/model
-    lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
+    lightning-post fit --config configs/sft/default.yaml
+    lightning-post fit --config configs/sft/default.yaml --config configs/strategies/ddp.yaml
+    lightning-post test --config configs/sft/default.yaml --ckpt_path mlruns/runs/<exp>/<run>/checkpoints/last.ckpt
+    lightning-post evaluate --config configs/evaluate/default.yaml --model exports/sft/model
+    lightning-post abtest --config configs/abtest/default.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
     lightning-post data report --annotations judged.jsonl --output_dir reports/judged
 
 This module imports nothing heavy: ``--help``, ``--version`` and a mistyped command answer without torch. Each
@@ -89,8 +89,8 @@ options:
   --debug         show the traceback of an error (also LIGHTNING_POST_DEBUG=1)
 
 examples:
-  lightning-post fit --config configs/sft.yaml
-  lightning-post evaluate --config configs/evaluate.yaml --model <export folder>
+  lightning-post fit --config configs/sft/default.yaml
+  lightning-post evaluate --config configs/evaluate/default.yaml --model <export folder>
   lightning-post data report --annotations judged.jsonl --output_dir reports/judged
 """
 

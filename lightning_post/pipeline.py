@@ -1,6 +1,6 @@
 """``lightning-post pipeline``: post-training stages run in order as one experiment.
 
-    lightning-post pipeline --config configs/pipeline.yaml
+    lightning-post pipeline --config configs/pipeline/default.yaml
 
 Each stage is one of the project's commands (``fit`` of any method, ``evaluate``, ``abtest``) with its own YAML, run
 in a child process so that a crash, an out-of-memory kill or Ctrl-C in one stage leaves the pipeline's record
@@ -72,7 +72,7 @@ class Stage:
         name: unique name, also the child run's name and the stage's folder under ``output_dir``.
         command: ``fit`` (any method's YAML), ``evaluate``, ``abtest``, ``redteam`` or ``jailbreak-data``.
         config: the stage's YAML (as given to ``lightning-post <command> --config``), or a list of them applied in
-            order (a base config and an overlay: ``[configs/sft.yaml, configs/jailbreak_sft.yaml]``).
+            order (a base config and an overlay: ``[configs/sft/default.yaml, configs/sft/jailbreak.yaml]``).
         args: overrides of that YAML, dotted keys as on the command line (``trainer.max_steps: 5``); the text
             ``{stage_dir}`` in a string value becomes the stage's folder.
         inputs: argument -> earlier stage (``model.init_args.model_name_or_path: sft``); ``stage:output`` picks an

@@ -79,7 +79,7 @@ class RewardModelScorer:
         except (OSError, ValueError) as e:
             raise ValueError(
                 f"reward_model {path!r} could not be loaded ({type(e).__name__}: {str(e).splitlines()[0]}). Train one "
-                "with: lightning-post fit --config configs/reward.yaml --export.dirpath exports/reward"
+                "with: lightning-post fit --config configs/reward/default.yaml --export.dirpath exports/reward"
             ) from None
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -9,7 +9,7 @@ process on every node in one sharding dimension; the module shards its own model
 Parameters outside the decoder (a reward head, an untied LM head) stay whole on every process; their gradients are
 averaged like DDP's (:func:`all_reduce_replicated`). Runs on GPUs (NCCL) and on CPU processes (gloo)::
 
-    lightning-post fit --config configs/sft.yaml --config configs/strategies/fsdp.yaml
+    lightning-post fit --config configs/sft/default.yaml --config configs/strategies/fsdp.yaml
 """
 
 from __future__ import annotations

@@ -59,12 +59,12 @@ def small_jsonl(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def sft_run(tmp_path_factory):
-    """``fit`` with configs/tiny.yaml (4 LoRA steps on the bundled instructions) in a fresh folder, once per session:
+    """``fit`` with configs/sft/tiny.yaml (4 LoRA steps on the bundled instructions) in a fresh folder, once per session:
     ``(folder, MLflow run)``; the export is ``run.data.tags["export_model"]``. Tests read it and never write there."""
     from tests.cli_runner import cli, client
 
     cwd = tmp_path_factory.mktemp("sft_run")
-    cli(["fit", "--config", str(CONFIGS / "tiny.yaml")], cwd)
+    cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml")], cwd)
     runs = client(cwd).search_runs(client(cwd).get_experiment_by_name("sft").experiment_id)
     assert len(runs) == 1
     return cwd, runs[0]

@@ -252,7 +252,7 @@ def test_appendable_jsonl_drops_an_unfinished_line(tmp_path):
 
 # ---- the CLI: generation before training, predict alone, resumption ------------------------------------------
 def test_cai_fit_generates_then_trains_and_logs(tmp_path):
-    cli(["fit", "--config", str(CONFIGS / "tiny_cai.yaml")], tmp_path)
+    cli(["fit", "--config", str(CONFIGS / "cai/tiny.yaml")], tmp_path)
     revisions = AppendableJsonl(tmp_path / "cai-out" / "revisions.jsonl").read()
     feedback = AppendableJsonl(tmp_path / "cai-out" / "feedback.jsonl").read()
     assert len(revisions) == 4 and len({r["id"] for r in revisions}) == 4
@@ -277,17 +277,17 @@ def test_cai_fit_generates_then_trains_and_logs(tmp_path):
 
 def test_cai_predict_resumes_without_redoing_records(tmp_path):
     out = tmp_path / "cai-out" / "revisions.jsonl"
-    cli(["predict", "--config", str(CONFIGS / "tiny_cai.yaml"), "--data.init_args.max_prompts", "2"], tmp_path)
+    cli(["predict", "--config", str(CONFIGS / "cai/tiny.yaml"), "--data.init_args.max_prompts", "2"], tmp_path)
     first = out.read_text()
     assert len(first.splitlines()) == 2
     with out.open("a") as f:
         f.write('{"id": "interrupted')  # a run killed while writing its third record
-    cli(["predict", "--config", str(CONFIGS / "tiny_cai.yaml"), "--data.init_args.max_prompts", "4"], tmp_path)
+    cli(["predict", "--config", str(CONFIGS / "cai/tiny.yaml"), "--data.init_args.max_prompts", "4"], tmp_path)
     lines = out.read_text().splitlines()
     assert len(lines) == 4 and out.read_text().startswith(first)  # the first two were not redone
     assert len({json.loads(line)["id"] for line in lines}) == 4
     # nothing left to do: a third run generates nothing
-    cli(["predict", "--config", str(CONFIGS / "tiny_cai.yaml"), "--data.init_args.max_prompts", "4"], tmp_path)
+    cli(["predict", "--config", str(CONFIGS / "cai/tiny.yaml"), "--data.init_args.max_prompts", "4"], tmp_path)
     assert out.read_text().splitlines() == lines
 
 

@@ -19,19 +19,24 @@ def test_every_config_prints(tmp_path, monkeypatch):
     from lightning_post.pipeline import Pipeline
     from lightning_post.quality.commands import DATA_COMMANDS
 
-    commands = {p: name for p in CONFIGS.glob("*.yaml") for name in COMMAND_CLASSES
-                if p.stem.endswith(name.replace("-", "_"))}
-    data = {p: p.stem.removeprefix("data_") for p in CONFIGS.glob("data_*.yaml")}
-    pipelines = sorted(CONFIGS.glob("*pipeline.yaml"))
-    method_overlays = {CONFIGS / "jailbreak_sft.yaml": CONFIGS / "sft.yaml"}  # overlay -> the config it changes
-    base = [p for p in sorted(CONFIGS.glob("*.yaml"))
-            if p not in commands and p not in data and p not in pipelines and p not in method_overlays]
-    assert [p.name for p in pipelines] == ["pipeline.yaml", "safety_pipeline.yaml", "tiny_pipeline.yaml",
-                                           "tiny_safety_pipeline.yaml"]
+    every = sorted(CONFIGS.rglob("*.yaml"))
+    folder = {p: p.parent.relative_to(CONFIGS).as_posix() for p in every}
+    commands = {p: name for p in every for name in COMMAND_CLASSES if folder[p] == name.replace("-", "_")}
+    data = {p: p.stem for p in every if folder[p] == "data"}
+    pipelines = [p for p in every if folder[p] == "pipeline"]
+    method_overlays = {CONFIGS / "sft/jailbreak.yaml": CONFIGS / "sft/default.yaml"}  # overlay -> the config it changes
+    overlays = [p for p in every if folder[p] in ("strategies", "datasets")]  # added to another config
+    base = [p for p in every if p not in commands and p not in data and p not in pipelines
+            and p not in method_overlays and p not in overlays]
+    assert {folder[p] for p in base} == {"sft", "reward", "dpo", "kto", "ppo", "cai"}
+    assert all((CONFIGS / f / "default.yaml").exists() and (CONFIGS / f / "tiny.yaml").exists()
+               for f in {folder[p] for p in base} | {folder[p] for p in commands} | {"pipeline"})
+    assert [p.name for p in pipelines] == ["default.yaml", "safety.yaml", "tiny.yaml", "tiny_safety.yaml"]
     monkeypatch.chdir(ROOT)  # a pipeline's stage configs are paths from the repository root
     for cfg in pipelines:
         pipe = parse_command("pipeline", ["--config", str(cfg)], {"pipeline": Pipeline})[1]
-        assert {c for s in pipe.stages for c in s.configs} <= {f"configs/{p.name}" for p in CONFIGS.glob("*.yaml")}, cfg
+        assert {c for s in pipe.stages for c in s.configs} <= {f"configs/{p.relative_to(CONFIGS).as_posix()}"
+                                                               for p in every}, cfg
     for overlay, config in method_overlays.items():  # the overlay's values land on top of its config
         out = cli(["fit", "--config", str(config), "--config", str(overlay), "--print_config"], tmp_path)
         printed, wanted = yaml.safe_load(out.stdout), yaml.safe_load(overlay.read_text())
@@ -39,7 +44,7 @@ def test_every_config_prints(tmp_path, monkeypatch):
             yaml.safe_load(config.read_text())["model"]["init_args"]["optim"]["lr"], overlay
         assert printed["data"]["init_args"]["train_files"] == wanted["data"]["init_args"]["train_files"], overlay
         assert printed["trainer"]["logger"]["init_args"]["experiment_name"] == "jailbreak_sft", overlay
-    overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))
+    overlays = sorted((CONFIGS / "strategies").glob("*.yaml"))  # datasets/: test_preference_cli
     assert base and overlays and sorted(commands.values()) == ["abtest", "abtest", "evaluate", "evaluate",
                                                                 "jailbreak-data", "jailbreak-data", "redteam", "redteam"]
     assert sorted(data.values()) == ["label", "report"]
@@ -51,7 +56,7 @@ def test_every_config_prints(tmp_path, monkeypatch):
         out = cli(["fit", "--config", str(cfg), "--print_config"], tmp_path)
         assert "class_path: lightning_post." in out.stdout, cfg
     for overlay in overlays:
-        out = cli(["fit", "--config", str(CONFIGS / "sft.yaml"), "--config", str(overlay), "--print_config"], tmp_path)
+        out = cli(["fit", "--config", str(CONFIGS / "sft/default.yaml"), "--config", str(overlay), "--print_config"], tmp_path)
         printed = yaml.safe_load(out.stdout)["trainer"]["strategy"]
         wanted = yaml.safe_load(overlay.read_text())["trainer"]["strategy"]
         if isinstance(wanted, dict):  # the printed config adds every default init arg
@@ -63,7 +68,7 @@ def test_every_config_prints(tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_run(sft_run):
-    """The session's ``fit`` of configs/tiny.yaml: (folder, run)."""
+    """The session's ``fit`` of configs/sft/tiny.yaml: (folder, run)."""
     return sft_run
 
 
@@ -156,7 +161,7 @@ def test_export_reloads_and_generates(tiny_run, tiny_path):
 def test_test_stage_reports_loss_perplexity_and_samples(tiny_run):
     cwd, run = tiny_run
     ckpt = cwd / "mlruns" / "runs" / run.info.experiment_id / run.info.run_id / "checkpoints" / "last.ckpt"
-    out = cli(["test", "--config", str(CONFIGS / "tiny.yaml"), "--ckpt_path", str(ckpt)], cwd)
+    out = cli(["test", "--config", str(CONFIGS / "sft/tiny.yaml"), "--ckpt_path", str(ckpt)], cwd)
     assert "test/loss" in out.stdout and "test/perplexity" in out.stdout
     c = client(cwd)
     runs = c.search_runs(c.get_experiment_by_name("sft").experiment_id, order_by=["attributes.start_time DESC"])
@@ -185,7 +190,7 @@ def test_test_stage_reports_loss_perplexity_and_samples(tiny_run):
 def test_bad_input_stops_before_anything_is_written(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "response": "b"}\n{"instruction": "a", "response": ""}\n')
-    out = cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.train_files", str(bad)], tmp_path, check=False)
+    out = cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--data.train_files", str(bad)], tmp_path, check=False)
     assert out.returncode != 0
     assert f"{bad}:2: field 'response': is empty" in out.stderr
     assert not (tmp_path / "mlruns" / "runs").exists()
@@ -197,14 +202,14 @@ def test_bad_input_stops_before_anything_is_written(tmp_path):
 
 
 def test_unknown_template_is_refused(tmp_path):
-    out = cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.template", "vicuna"], tmp_path, check=False)
+    out = cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--data.template", "vicuna"], tmp_path, check=False)
     assert out.returncode != 0 and "unknown template 'vicuna'" in out.stderr
 
 
 @pytest.mark.slow  # several processes
 def test_ddp_two_processes_match_one_process(tmp_path, small_jsonl):
     """2 CPU processes x batch 4 == 1 process x batch 8: the same global batch gives the same losses and weights."""
-    common = ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--data.train_files", str(small_jsonl),
+    common = ["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--data.train_files", str(small_jsonl),
               "--data.template", "basic", "--data.val_fraction", "0", "--trainer.limit_val_batches", "0",
               "--trainer.max_steps", "3", "--samples.enabled", "false", "--model.init_args.optim.name", "sgd",
               "--model.init_args.optim.lr", "0.5"]
@@ -222,7 +227,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, small_jsonl):
         adapters.append(load_file(Path(run.data.tags["export_adapter"]) / "adapter_model.safetensors"))
     assert len(histories[0]) == 3
     assert histories[0] == pytest.approx(histories[1], abs=1e-5)
-    # LoRA on q_proj and v_proj (configs/tiny.yaml) of the 2 layers: 2 x 2 x (lora_A, lora_B) = 8 tensors in each
+    # LoRA on q_proj and v_proj (configs/sft/tiny.yaml) of the 2 layers: 2 x 2 x (lora_A, lora_B) = 8 tensors in each
     assert set(adapters[0]) == set(adapters[1]) == {
         f"base_model.model.model.layers.{i}.self_attn.{m}.lora_{ab}.weight" for i in range(2) for m in ("q_proj", "v_proj")
         for ab in "AB"}

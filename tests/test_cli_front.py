@@ -71,7 +71,7 @@ def test_version_names_ours_and_the_main_dependencies(capsys):
     (["fitt", "--config", "x.yaml"], "lightning-post: error: 'fitt' is not a command; did you mean 'fit'?"),
     (["xyzzy"], "lightning-post: error: 'xyzzy' is not a command (lightning-post --help lists them)"),
     (["data", "lable"], "lightning-post data: error: 'lable' is not a data command; did you mean 'label'?"),
-    (["--config", "configs/sft.yaml", "fit"], "lightning-post: error: the command comes first"),
+    (["--config", "configs/sft/default.yaml", "fit"], "lightning-post: error: the command comes first"),
     (["evaluate", "--max_promts", "3"], "lightning-post evaluate: error: unknown setting --max_promts; did you mean "
                                         "--max_prompts?"),
     (["evaluate", "--max_prompts", "many"], "lightning-post evaluate: error: max_prompts: expected int or null, got "
@@ -80,11 +80,11 @@ def test_version_names_ours_and_the_main_dependencies(capsys):
                                               "'maybe'"),
     (["evaluate", "--judge", "gpt"], "lightning-post evaluate: error: judge must be 'llm', 'reward_model' or null, "
                                      "got 'gpt'"),
-    (["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.max_steps", "x"],
+    (["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--trainer.max_steps", "x"],
      "lightning-post fit: error: trainer.max_steps: expected int, got 'x'"),
-    (["fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.init_args.dtyp", "bf16"],
+    (["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--model.init_args.dtyp", "bf16"],
      "lightning-post fit: error: model.init_args: option 'dtyp' is not accepted by lightning_post.SFTModule"),
-    (["fit", "--config", str(CONFIGS / "tiny.yaml"), "--model.init_args.optim.lr", "fast"],
+    (["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--model.init_args.optim.lr", "fast"],
      "lightning-post fit: error: model.init_args.optim.lr: expected float, got 'fast'"),
     (["evaluate", "--model", "./exports/none"], "lightning-post evaluate: error: model: no such folder: "
                                                 "./exports/none"),
@@ -123,7 +123,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
 def test_a_bad_record_in_fit_is_one_line_without_a_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "Name a colour."}])
-    code, err = run_main(["fit", "--config", str(CONFIGS / "tiny.yaml"), f"--data.init_args.train_files={bad}"],
+    code, err = run_main(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), f"--data.init_args.train_files={bad}"],
                          capsys)
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == f"lightning-post fit: error: {bad}:1: field 'response': is missing"
@@ -198,7 +198,7 @@ def test_the_console_script_gives_one_line_and_exit_2_for_each_bad_case(tmp_path
     mistyped model alias, a missing export folder, a misspelled setting."""
     exe = str(Path(sys.executable).parent / "lightning-post")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "Name a colour."}])
-    tiny = ["fit", "--config", str(CONFIGS / "tiny.yaml")]
+    tiny = ["fit", "--config", str(CONFIGS / "sft/tiny.yaml")]
     cases = [
         (["evalute"], "lightning-post: error: 'evalute' is not a command; did you mean 'evaluate'?"),
         (tiny + [f"--data.init_args.train_files={bad}"], f"lightning-post fit: error: {bad}:1: field 'response': "

@@ -115,11 +115,11 @@ def test_outputs_get_the_users_umask(tmp_path, monkeypatch):
 
 
 COMMAND_CONFIGS = [
-    (["evaluate", "--config", str(CONFIGS / "tiny_evaluate.yaml")], "--output_dir"),
-    (["abtest", "--config", str(CONFIGS / "tiny_abtest.yaml")], "--output_dir"),
-    (["redteam", "--config", str(CONFIGS / "tiny_redteam.yaml")], "--output_dir"),
-    (["jailbreak-data", "--config", str(CONFIGS / "tiny_jailbreak_data.yaml")], "--output_dir"),
-    (["data", "report", "--config", str(CONFIGS / "data_report.yaml")], "--output_dir"),
+    (["evaluate", "--config", str(CONFIGS / "evaluate/tiny.yaml")], "--output_dir"),
+    (["abtest", "--config", str(CONFIGS / "abtest/tiny.yaml")], "--output_dir"),
+    (["redteam", "--config", str(CONFIGS / "redteam/tiny.yaml")], "--output_dir"),
+    (["jailbreak-data", "--config", str(CONFIGS / "jailbreak_data/tiny.yaml")], "--output_dir"),
+    (["data", "report", "--config", str(CONFIGS / "data/report.yaml")], "--output_dir"),
 ]
 
 
@@ -152,7 +152,7 @@ def test_feedback_converter_refuses_a_users_folder_and_the_working_directory(tmp
 def test_export_refuses_a_users_folder_before_training(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     out = user_folder(tmp_path / "export")
-    code, err = run_main(["fit", "--config", str(CONFIGS / "tiny.yaml"), f"--export.dirpath={out}"], capsys)
+    code, err = run_main(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), f"--export.dirpath={out}"], capsys)
     assert code == 2 and "export.dirpath" in err and "already holds files" in err, err[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and runs_in(tmp_path) == []
 
@@ -162,7 +162,7 @@ def test_pipeline_stage_names_stay_inside_output_dir(tmp_path, name):
     from lightning_post.pipeline import Pipeline, PipelineError
 
     with pytest.raises(PipelineError, match="must be a plain folder name"):
-        Pipeline([{"name": name, "command": "fit", "config": str(CONFIGS / "tiny.yaml")}],
+        Pipeline([{"name": name, "command": "fit", "config": str(CONFIGS / "sft/tiny.yaml")}],
                  output_dir=str(tmp_path / "p"))
 
 
@@ -172,7 +172,7 @@ def test_corrupt_pipeline_state_is_named(tmp_path):
     out = tmp_path / "p"
     out.mkdir()
     (out / "state.json").write_text('{"parent_run_id": "x", "stages": {"sft": {"status": "do')  # cut by a crash
-    pipe = Pipeline([{"name": "sft", "command": "fit", "config": str(CONFIGS / "tiny.yaml")}], output_dir=str(out))
+    pipe = Pipeline([{"name": "sft", "command": "fit", "config": str(CONFIGS / "sft/tiny.yaml")}], output_dir=str(out))
     with pytest.raises(PipelineError, match=r"state\.json: corrupt \(.*\); restore it, or delete it"):
         pipe._load_state()
 
@@ -181,7 +181,7 @@ def test_corrupt_pipeline_state_is_named(tmp_path):
 def test_checkpoint_path_problems_stop_before_the_run(tmp_path, monkeypatch, capsys):
     """A missing, truncated or other method's checkpoint: one line naming ``ckpt_path``, and no MLflow run."""
     monkeypatch.chdir(tmp_path)
-    base = ["test", "--config", str(CONFIGS / "tiny.yaml")]
+    base = ["test", "--config", str(CONFIGS / "sft/tiny.yaml")]
     code, err = run_main(base + ["--ckpt_path", str(tmp_path / "none.ckpt")], capsys)
     assert code == 2 and f"ckpt_path: {tmp_path / 'none.ckpt'} does not exist" in err
     good = tmp_path / "dpo.ckpt"
@@ -197,7 +197,7 @@ def test_checkpoint_path_problems_stop_before_the_run(tmp_path, monkeypatch, cap
 
 
 def _fit_cmd(cwd: Path, *extra: str) -> list[str]:
-    return EXE + ["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.max_steps=8",
+    return EXE + ["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--trainer.max_steps=8",
                   "--trainer.val_check_interval=4", "--trainer.callbacks+=tests.helpers.SlowSteps",
                   "--trainer.callbacks.seconds=0.6", "--samples.enabled=false", "--export.log_model=false", *extra]
 
@@ -287,7 +287,7 @@ def test_kill_9_of_the_pipeline_stops_its_stage_which_logs_to_stage_log(tmp_path
     import yaml
 
     spec = {"name": "p", "output_dir": str(tmp_path / "out"), "stages": [{
-        "name": "sft", "config": str(CONFIGS / "tiny.yaml"),
+        "name": "sft", "config": str(CONFIGS / "sft/tiny.yaml"),
         "args": {"trainer.max_steps": 40, "trainer.val_check_interval": 40, "samples.enabled": False,
                  "export.log_model": False, "trainer.callbacks+": "tests.helpers.SlowSteps",
                  "trainer.callbacks.seconds": 0.5}}]}

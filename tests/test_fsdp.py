@@ -18,9 +18,9 @@ COMMON = ["--data.init_args.val_fraction", "0", "--trainer.limit_val_batches", "
 # method -> (config, experiment, extra arguments); full SFT trains the (tied) embeddings, which FSDP2 shards with
 # the decoder; the reward model's score head stays whole on each process and is averaged like DDP's
 CASES = {
-    "sft_full": ("tiny.yaml", "sft", ["--model.init_args.peft", "null", "--data.init_args.template", "basic"]),
-    "dpo_lora": ("tiny_dpo.yaml", "dpo", []),
-    "reward_lora": ("tiny_reward.yaml", "reward", []),
+    "sft_full": ("sft/tiny.yaml", "sft", ["--model.init_args.peft", "null", "--data.init_args.template", "basic"]),
+    "dpo_lora": ("dpo/tiny.yaml", "dpo", []),
+    "reward_lora": ("reward/tiny.yaml", "reward", []),
 }
 
 
@@ -71,10 +71,10 @@ def test_fsdp2_refuses_what_it_cannot_shard(tmp_path):
     """Prefix tuning and PPO under FSDP2 stop before training with a message naming what to use instead."""
     one_process = [*OVERLAY[:2], "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision",
                    "32-true"]
-    out = cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *one_process, "--model.init_args.peft.method", "prefix"],
+    out = cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), *one_process, "--model.init_args.peft.method", "prefix"],
               tmp_path, check=False)
     assert out.returncode != 0 and "FSDP cannot shard prefix tuning" in out.stderr
-    out = cli(["fit", "--config", str(CONFIGS / "tiny_ppo.yaml"), *one_process], tmp_path, check=False)
+    out = cli(["fit", "--config", str(CONFIGS / "ppo/tiny.yaml"), *one_process], tmp_path, check=False)
     assert out.returncode != 0 and "PPOModule cannot run under FSDP2Strategy" in out.stderr
 
 
@@ -84,7 +84,7 @@ def test_fsdp2_resume_equals_continuous(tmp_path, small_jsonl, peft):
     """A 4-step run under FSDP2 checkpointed at step 2 (one file gathered on rank 0; with LoRA the adapters and
     their optimizer state only), resumed from there: steps 3-4 have the continuous run's losses (AdamW, cosine)."""
     ckpts = tmp_path / "ckpt"
-    args = ["fit", "--config", str(CONFIGS / "tiny.yaml"), *OVERLAY, "--data.init_args.train_files", str(small_jsonl),
+    args = ["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), *OVERLAY, "--data.init_args.train_files", str(small_jsonl),
             "--data.init_args.template", "basic", "--data.init_args.val_fraction", "0", "--trainer.limit_val_batches",
             "0", "--trainer.max_steps", "4", "--samples.enabled", "false", "--data.init_args.batch_size", "4"]
     if peft == "full":

@@ -116,7 +116,7 @@ def test_paired_validation_equals_dpo_implicit_reward_accuracy(tiny_path, unpair
 
 
 def test_kto_fit_from_the_command_line(tmp_path):
-    cli(["fit", "--config", str(CONFIGS / "tiny_kto.yaml"), "--trainer.max_steps", "2", "--trainer.val_check_interval",
+    cli(["fit", "--config", str(CONFIGS / "kto/tiny.yaml"), "--trainer.max_steps", "2", "--trainer.val_check_interval",
          "2", "--samples.max_new_tokens", "4"], tmp_path)
     c = client(tmp_path)
     run = c.search_runs(c.get_experiment_by_name("kto").experiment_id)[0]
@@ -125,6 +125,6 @@ def test_kto_fit_from_the_command_line(tmp_path):
         assert key in run.data.metrics, key
     assert c.get_metric_history(run.info.run_id, "train/loss")[0].value == pytest.approx(0.5, abs=1e-6)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "p", "completion": "c", "label": "up"}])
-    out = cli(["fit", "--config", str(CONFIGS / "tiny_kto.yaml"), "--data.init_args.train_files", str(bad)], tmp_path,
+    out = cli(["fit", "--config", str(CONFIGS / "kto/tiny.yaml"), "--data.init_args.train_files", str(bad)], tmp_path,
               check=False)
     assert out.returncode != 0 and f"{bad}:1: field 'label'" in out.stderr

@@ -64,8 +64,8 @@ def store(tmp_path_factory):
     with the same seed (experiment ``sft``): the bundled data and a file of 16 records."""
     cwd = tmp_path_factory.mktemp("ui")
     spec = {"name": "ui-pipeline", "output_dir": "mlruns/pipelines/ui", "stages": [
-        {"name": "sft", "config": str(CONFIGS / "tiny.yaml")},
-        {"name": "dpo", "config": str(CONFIGS / "tiny_dpo.yaml"),
+        {"name": "sft", "config": str(CONFIGS / "sft/tiny.yaml")},
+        {"name": "dpo", "config": str(CONFIGS / "dpo/tiny.yaml"),
          "inputs": {"model.init_args.model_name_or_path": "sft"}}]}
     (cwd / "pipeline.yaml").write_text(yaml.safe_dump(spec))
     cli(["pipeline", "--config", str(cwd / "pipeline.yaml")], cwd)
@@ -74,8 +74,8 @@ def store(tmp_path_factory):
                                               for n, w in zip(range(1, 17), ["cat", "dog", "sun", "sky"] * 4)])
     quick = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--samples.enabled", "false",
              "--export.enabled", "false"]
-    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *quick], cwd)
-    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), *quick, "--data.init_args.train_files", str(small)], cwd)
+    cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), *quick], cwd)
+    cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), *quick, "--data.init_args.train_files", str(small)], cwd)
     return cwd
 
 

@@ -113,7 +113,7 @@ def test_exact_match_normalisation():
 
 def test_multitask_fit_logs_per_task_metrics_and_shares(tmp_path):
     config = tmp_path / "multitask.yaml"  # the shipped config, its data paths made absolute
-    config.write_text((CONFIGS / "tiny_multitask.yaml").read_text().replace("../shared/data", str(SHARED_DATA)))
+    config.write_text((CONFIGS / "sft/tiny_multitask.yaml").read_text().replace("../shared/data", str(SHARED_DATA)))
     out = cli(["fit", "--config", str(config), "--model.init_args.pcgrad", "true"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     c = client(tmp_path)
@@ -186,7 +186,7 @@ def test_logging_task_gradients_leaves_the_update_unchanged(tmp_path):
     from safetensors.torch import load_file
 
     config = tmp_path / "multitask.yaml"
-    config.write_text((CONFIGS / "tiny_multitask.yaml").read_text().replace("../shared/data", str(SHARED_DATA)))
+    config.write_text((CONFIGS / "sft/tiny_multitask.yaml").read_text().replace("../shared/data", str(SHARED_DATA)))
     weights = []
     for flag in ("true", "false"):
         cwd = tmp_path / flag

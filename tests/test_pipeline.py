@@ -1,4 +1,4 @@
-"""``lightning-post pipeline`` on the tiny model: every stage of configs/tiny_pipeline.yaml feeding the next, one
+"""``lightning-post pipeline`` on the tiny model: every stage of configs/pipeline/tiny.yaml feeding the next, one
 MLflow parent run with a child per stage and the lineage, a stage failing on a bad data line, and the rerun resuming
 there with the earlier stages' exports untouched."""
 
@@ -16,8 +16,8 @@ from tests.cli_runner import cli, client
 
 
 def _pipeline_yaml(cwd: Path, pairs: Path) -> Path:
-    """configs/tiny_pipeline.yaml with the DPO stage reading ``pairs``."""
-    spec = yaml.safe_load((CONFIGS / "tiny_pipeline.yaml").read_text())
+    """configs/pipeline/tiny.yaml with the DPO stage reading ``pairs``."""
+    spec = yaml.safe_load((CONFIGS / "pipeline/tiny.yaml").read_text())
     dpo = next(s for s in spec["stages"] if s["name"] == "dpo")
     dpo["args"] = {**dpo.get("args", {}), "data.init_args.train_files": str(pairs)}
     for stage in spec["stages"]:
@@ -31,16 +31,16 @@ def test_bad_descriptions_are_refused_before_anything_runs(tmp_path, monkeypatch
     from lightning_post.pipeline import Pipeline, PipelineError
 
     monkeypatch.chdir(ROOT)
-    sft = {"name": "sft", "config": "configs/tiny.yaml"}
+    sft = {"name": "sft", "config": "configs/sft/tiny.yaml"}
     cases = [
-        ([sft, {"name": "dpo", "config": "configs/tiny_dpo.yaml", "inputs": {"model.init_args.model_name_or_path":
+        ([sft, {"name": "dpo", "config": "configs/dpo/tiny.yaml", "inputs": {"model.init_args.model_name_or_path":
                                                                              "sfft"}}], "not an earlier stage"),
-        ([{"name": "dpo", "config": "configs/tiny_dpo.yaml", "inputs": {"model.init_args.model_name_or_path": "sft"}},
+        ([{"name": "dpo", "config": "configs/dpo/tiny.yaml", "inputs": {"model.init_args.model_name_or_path": "sft"}},
           sft], "not an earlier stage"),
         ([sft, sft], "unique"),
         ([{"name": "sft", "config": "configs/nope.yaml"}], "configs/nope.yaml does not exist"),
-        ([{"name": "sft", "config": ["configs/sft.yaml", "configs/nope.yaml"]}], "configs/nope.yaml does not exist"),
-        ([{"name": "sft", "command": "train", "config": "configs/tiny.yaml"}], "command must be one of"),
+        ([{"name": "sft", "config": ["configs/sft/default.yaml", "configs/nope.yaml"]}], "configs/nope.yaml does not exist"),
+        ([{"name": "sft", "command": "train", "config": "configs/sft/tiny.yaml"}], "command must be one of"),
     ]
     for stages, message in cases:
         with pytest.raises(PipelineError, match=message):
@@ -57,16 +57,16 @@ def test_a_stage_with_a_base_config_and_an_overlay(tmp_path, monkeypatch):
     from lightning_post.pipeline import Pipeline
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "configs").mkdir()
-    for name in ("sft.yaml", "jailbreak_sft.yaml"):
+    (tmp_path / "configs" / "sft").mkdir(parents=True)
+    for name in ("sft/default.yaml", "sft/jailbreak.yaml"):
         shutil.copy(ROOT / "configs" / name, tmp_path / "configs" / name)
-    pipe = Pipeline([{"name": "defense", "config": ["configs/sft.yaml", "configs/jailbreak_sft.yaml"]}],
+    pipe = Pipeline([{"name": "defense", "config": ["configs/sft/default.yaml", "configs/sft/jailbreak.yaml"]}],
                     output_dir=str(tmp_path / "p"))
     st = pipe.stages[0]
     argv = pipe._argv(st, tmp_path / "p" / "defense", "run0", {})
-    assert argv[argv.index("--config"):][:4] == ["--config", "configs/sft.yaml", "--config", "configs/jailbreak_sft.yaml"]
+    assert argv[argv.index("--config"):][:4] == ["--config", "configs/sft/default.yaml", "--config", "configs/sft/jailbreak.yaml"]
     before = pipe._fingerprint(st, {})
-    for name in ("jailbreak_sft.yaml", "sft.yaml"):
+    for name in ("sft/jailbreak.yaml", "sft/default.yaml"):
         path = tmp_path / "configs" / name
         path.write_text(path.read_text() + "\n# edited\n")
         after = pipe._fingerprint(st, {})
@@ -80,7 +80,7 @@ def test_two_pipelines_in_one_process_write_to_their_own_folders_store(tmp_path,
     folder's store, and the stages, started in the second folder, could not find their runs)."""
     from lightning_post.pipeline import Pipeline
 
-    stages = [{"name": "sft", "config": str(ROOT / "configs" / "tiny.yaml")}]
+    stages = [{"name": "sft", "config": str(ROOT / "configs" / "sft/tiny.yaml")}]
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
         monkeypatch.chdir(tmp_path / name)
@@ -210,7 +210,7 @@ def test_sigterm_stops_the_running_stage_and_records_it(tmp_path):
     import time
 
     spec = {"name": "term", "output_dir": "mlruns/pipelines/term", "stages": [
-        {"name": "sft", "config": str(CONFIGS / "tiny.yaml"), "args": {"trainer.max_steps": 400}}]}
+        {"name": "sft", "config": str(CONFIGS / "sft/tiny.yaml"), "args": {"trainer.max_steps": 400}}]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
     proc = subprocess.Popen([sys.executable, "-m", "lightning_post.cli", "pipeline", "--config", "p.yaml"],
                             cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,

@@ -25,7 +25,7 @@ def _report(folder: str) -> dict:
 
 
 def test_evaluate_reports_the_planted_answers(files, parrot_a):
-    run_command("evaluate", ["--config", str(CONFIGS / "tiny_evaluate.yaml"), "--model", parrot_a,
+    run_command("evaluate", ["--config", str(CONFIGS / "evaluate/tiny.yaml"), "--model", parrot_a,
                              "--prompts", str(files["prompts"]), "--harmful_prompts", str(files["harmful"]),
                              "--jailbreak_templates", "[role_play]", "--bertscore", "false", "--mc_files", "[]",
                              "--max_crows_pairs", "0", "--max_new_tokens", "64"])
@@ -59,7 +59,7 @@ def test_evaluate_reports_the_planted_answers(files, parrot_a):
 
 
 def test_abtest_judge_prefers_the_planted_answers_and_b_regresses_on_safety(files, parrot_a, parrot_b):
-    run_command("abtest", ["--config", str(CONFIGS / "tiny_abtest.yaml"), "--model_a", parrot_a, "--model_b", parrot_b,
+    run_command("abtest", ["--config", str(CONFIGS / "abtest/tiny.yaml"), "--model_a", parrot_a, "--model_b", parrot_b,
                            "--prompts", str(files["prompts"]), "--max_prompts", "3", "--harmful_prompts",
                            str(files["harmful"]), "--jailbreak_templates", "[]", "--privacy_probes", "false",
                            "--max_new_tokens", "64"])
@@ -76,7 +76,7 @@ def test_abtest_judge_prefers_the_planted_answers_and_b_regresses_on_safety(file
 
 
 def test_redteam_counts_planted_successes_refusals_and_empty_answers(files, parrot_a):
-    run_command("redteam", ["--config", str(CONFIGS / "tiny_redteam.yaml"), "--attacker", parrot_a, "--target",
+    run_command("redteam", ["--config", str(CONFIGS / "redteam/tiny.yaml"), "--attacker", parrot_a, "--target",
                             parrot_a, "--seeds", str(files["seeds"]), "--styles", "[role_play, hypothetical]",
                             "--attacker_temperature", "0", "--max_new_tokens", "64", "--attacker_max_new_tokens",
                             "64"])
@@ -94,7 +94,7 @@ def test_redteam_counts_planted_successes_refusals_and_empty_answers(files, parr
 
 
 def test_jailbreak_data_keeps_compliant_answers_and_counts_refusals_and_empties(files, parrot_a):
-    run_command("jailbreak-data", ["--config", str(CONFIGS / "tiny_jailbreak_data.yaml"), "--model", parrot_a,
+    run_command("jailbreak-data", ["--config", str(CONFIGS / "jailbreak_data/tiny.yaml"), "--model", parrot_a,
                                    "--harmful_prompts", str(files["defense"]), "--max_harmful", "3",
                                    "--heldout_harmful", "1", "--templates", "[role_play]", "--templates_per_prompt",
                                    "1", "--borderline_repeats", "0", "--temperature", "0", "--max_new_tokens", "64"])

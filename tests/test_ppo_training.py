@@ -151,7 +151,7 @@ def test_prompt_records_and_errors(tiny_path, tmp_path):
 
 
 def test_ppo_from_the_command_line_logs_objectives_and_rollouts(tmp_path):
-    cli(["fit", "--config", str(CONFIGS / "tiny_ppo.yaml"), "--trainer.max_steps", "2", "--samples.max_new_tokens",
+    cli(["fit", "--config", str(CONFIGS / "ppo/tiny.yaml"), "--trainer.max_steps", "2", "--samples.max_new_tokens",
          "4"], tmp_path)
     c = client(tmp_path)
     run = c.search_runs(c.get_experiment_by_name("ppo").experiment_id)[0]
@@ -168,7 +168,7 @@ def test_ppo_from_the_command_line_logs_objectives_and_rollouts(tmp_path):
     assert {"prompt", "prompt_key", "response", "score", "kl", "length"} <= set(rows[0])
     assert len(rows) == len({r["prompt_key"] for r in rows}) > 1
     assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(run.data.metrics["val/scores"], abs=1e-5)
-    out = cli(["fit", "--config", str(CONFIGS / "tiny_ppo.yaml"), "--model.init_args.estimator", "rloo",
+    out = cli(["fit", "--config", str(CONFIGS / "ppo/tiny.yaml"), "--model.init_args.estimator", "rloo",
                "--model.init_args.samples_per_prompt", "1"], tmp_path, check=False)
     assert out.returncode != 0 and "samples_per_prompt >= 2" in out.stderr
 
@@ -178,7 +178,7 @@ def test_ddp_two_processes_run_a_ppo_step(tmp_path):
     """2 CPU processes each roll out their own prompts; gradients are averaged, so both ranks end with the same
     weights (each rank writes a checksum of its parameters)."""
     sums = tmp_path / "sums"
-    cli(["fit", "--config", str(CONFIGS / "tiny_ppo.yaml"), "--trainer.max_steps", "2", "--trainer.strategy", "ddp",
+    cli(["fit", "--config", str(CONFIGS / "ppo/tiny.yaml"), "--trainer.max_steps", "2", "--trainer.strategy", "ddp",
          "--trainer.devices", "2", "--trainer.limit_val_batches", "0", "--samples.enabled", "false",
          "--trainer.callbacks+", "tests.helpers.ParameterChecksum", "--trainer.callbacks.path", str(sums)], tmp_path)
     values = sorted(sums.glob("rank*.json"))

@@ -23,7 +23,7 @@ def only_run(cwd, experiment):
 
 
 def test_dpo_fit_logs_trl_metric_names_and_tests(tmp_path):
-    cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), *QUICK], tmp_path)
+    cli(["fit", "--config", str(CONFIGS / "dpo/tiny.yaml"), *QUICK], tmp_path)
     c, run = only_run(tmp_path, "dpo")
     assert run.data.tags["method"] == "dpo"
     for split in ("train", "val"):
@@ -39,7 +39,7 @@ def test_dpo_fit_logs_trl_metric_names_and_tests(tmp_path):
         assert key in run.data.params and key not in m, key
     assert Path(run.data.tags["export_adapter"], "adapter_model.safetensors").is_file()
     ckpt = Path(run.data.tags["export_dir"]).parent / "checkpoints" / "last.ckpt"
-    cli(["test", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--ckpt_path", str(ckpt), "--samples.enabled", "false"],
+    cli(["test", "--config", str(CONFIGS / "dpo/tiny.yaml"), "--ckpt_path", str(ckpt), "--samples.enabled", "false"],
         tmp_path)
     _, test_run = only_run(tmp_path, "dpo")
     assert test_run.data.tags["stage"] == "test"
@@ -51,7 +51,7 @@ def test_reward_export_scores_pairs_like_transformers(tmp_path):
     transformers' AutoModelForSequenceClassification gives on the same text."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    cli(["fit", "--config", str(CONFIGS / "tiny_reward.yaml"), *QUICK], tmp_path)
+    cli(["fit", "--config", str(CONFIGS / "reward/tiny.yaml"), *QUICK], tmp_path)
     c, run = only_run(tmp_path, "reward")
     m = run.data.metrics
     # the names DPO logs too, so reward and preference runs compare side by side
@@ -68,7 +68,7 @@ def test_reward_export_scores_pairs_like_transformers(tmp_path):
                {"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]}]
     pairs = write_jsonl(tmp_path / "to_score.jsonl", records)
     out = tmp_path / "scores.jsonl"
-    cli(["predict", "--config", str(CONFIGS / "tiny_reward.yaml"), "--model.init_args.model_name_or_path", exported,
+    cli(["predict", "--config", str(CONFIGS / "reward/tiny.yaml"), "--model.init_args.model_name_or_path", exported,
          "--model.init_args.peft", "null", "--data.init_args.predict_files", str(pairs),
          "--scores.output_path", str(out)], tmp_path)
     scored = [json.loads(line) for line in out.read_text().splitlines()]
@@ -103,7 +103,7 @@ def test_dpo_starts_from_an_sft_export(tmp_path, sft_run):
     """Chaining: the SFT export (the session's tiny fit) is the DPO policy's start and (adapters disabled) its
     reference."""
     _, sft = sft_run
-    cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), *QUICK,
+    cli(["fit", "--config", str(CONFIGS / "dpo/tiny.yaml"), *QUICK,
          "--model.init_args.model_name_or_path", sft.data.tags["export_model"]], tmp_path)
     c, dpo = only_run(tmp_path, "dpo")
     assert dpo.data.tags["model"] == sft.data.tags["export_model"]
@@ -113,19 +113,19 @@ def test_dpo_starts_from_an_sft_export(tmp_path, sft_run):
 def test_bad_preference_file_stops_before_anything_is_written(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
                                                {"prompt": "a", "chosen": "b", "rejected": "c", "margin": "big"}])
-    out = cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--data.init_args.train_files", str(bad)], tmp_path,
+    out = cli(["fit", "--config", str(CONFIGS / "dpo/tiny.yaml"), "--data.init_args.train_files", str(bad)], tmp_path,
               check=False)
     assert out.returncode != 0
     assert f"{bad}:2: field 'margin': must be a finite number" in out.stderr
     assert not (tmp_path / "mlruns" / "runs").exists()
-    out = cli(["fit", "--config", str(CONFIGS / "tiny_dpo.yaml"), "--model.init_args.loss_type", "nope"], tmp_path,
+    out = cli(["fit", "--config", str(CONFIGS / "dpo/tiny.yaml"), "--model.init_args.loss_type", "nope"], tmp_path,
               check=False)
     assert out.returncode != 0 and "loss_type 'nope' is unknown" in out.stderr
 
 
 def test_hh_rlhf_overlay_prints_for_both_methods(tmp_path):
     for method in ("reward", "dpo"):
-        out = cli(["fit", "--config", str(CONFIGS / f"{method}.yaml"), "--config", str(CONFIGS / "data" / "hh_rlhf.yaml"),
+        out = cli(["fit", "--config", str(CONFIGS / method / "default.yaml"), "--config", str(CONFIGS / "datasets" / "hh_rlhf.yaml"),
                    "--print_config"], tmp_path)
         data = yaml.safe_load(out.stdout)["data"]["init_args"]
         assert data["train_files"].endswith("hh_rlhf_harmless_base_test.jsonl.gz")

@@ -135,7 +135,7 @@ def test_fit_records_the_filter_in_mlflow(tmp_path):
     records = [CLEAN, EMAIL, PHONE, *[{"instruction": f"Count to {n}.", "input": "", "response": " ".join(
         map(str, range(1, n + 1)))} for n in range(2, 12)]]
     data = write_jsonl(tmp_path / "data.jsonl", records)
-    cli(["fit", "--config", str(CONFIGS / "tiny.yaml"), "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
+    cli(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), "--trainer.max_steps", "1", "--trainer.val_check_interval", "1",
          "--data.init_args.train_files", str(data), "--data.init_args.val_files", str(data),
          "--data.init_args.safety_filter", json.dumps({"rules": ["pii"], "max_logged": 1})], tmp_path)
     c = client(tmp_path)

@@ -10,8 +10,8 @@ import pytest
 from tests.conftest import CONFIGS, ROOT, write_jsonl
 from tests.test_faults import run_main, runs_in
 
-TINY = ["fit", "--config", str(CONFIGS / "tiny.yaml")]
-TINY_DPO = ["fit", "--config", str(CONFIGS / "tiny_dpo.yaml")]
+TINY = ["fit", "--config", str(CONFIGS / "sft/tiny.yaml")]
+TINY_DPO = ["fit", "--config", str(CONFIGS / "dpo/tiny.yaml")]
 
 BAD_SETTINGS = [
     (TINY + ["--model.init_args.optim.lr=-0.001"], "model.optim.lr: must be > 0, got -0.001"),
@@ -109,7 +109,7 @@ def test_a_bad_data_file_in_fit_is_one_line(tmp_path, monkeypatch, capsys):
 def test_abtest_refuses_zero_prompts_and_duplicate_verdicts(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     uri = f"--tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db"
-    base = ["abtest", "--config", str(CONFIGS / "tiny_abtest.yaml"), f"--output_dir={tmp_path / 'out'}", uri]
+    base = ["abtest", "--config", str(CONFIGS / "abtest/tiny.yaml"), f"--output_dir={tmp_path / 'out'}", uri]
     code, err = run_main(base + ["--max_prompts=0"], capsys)
     assert code == 2 and "max_prompts: must be >= 1 or null (all), got 0" in err
     ann = write_jsonl(tmp_path / "v.jsonl", [{"index": 0, "verdict": "A"}, {"index": 1, "verdict": "B"},

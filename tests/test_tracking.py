@@ -45,7 +45,7 @@ def test_file_digest_follows_the_contents(tmp_path):
 def _fit(args: list[str]) -> None:
     from lightning_post.trainer_cli import cli_main
 
-    cli_main(["fit", "--config", str(CONFIGS / "tiny.yaml"), *QUICK, *args])
+    cli_main(["fit", "--config", str(CONFIGS / "sft/tiny.yaml"), *QUICK, *args])
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +105,10 @@ def test_run_name_from_the_yaml_is_kept(tmp_path, monkeypatch):
     config = tmp_path / "named.yaml"
     config.write_text(yaml.safe_dump({"trainer": {"logger": {"class_path": "lightning_post.tracking.MLflowLogger",
                                                              "init_args": {"run_name": "from-yaml"}}}}))
-    cli = cli_main(["--config", str(CONFIGS / "tiny.yaml"), "--config", str(config)], run=False)
+    cli = cli_main(["--config", str(CONFIGS / "sft/tiny.yaml"), "--config", str(config)], run=False)
     assert cli.trainer.logger._run_name == "from-yaml"
     assert cli.trainer.logger._experiment_name == "sft"
-    cli = cli_main(["--config", str(CONFIGS / "tiny.yaml")], run=False)
+    cli = cli_main(["--config", str(CONFIGS / "sft/tiny.yaml")], run=False)
     assert NAME.match(cli.trainer.logger._run_name), cli.trainer.logger._run_name
 
 

@@ -1,14 +1,14 @@
 """Constitutional AI on the real model: does the harmlessness of answers to held-out red-team prompts rise?
 
 SmolLM2-135M-Instruct with LoRA. Red-team prompts are the first Human turns of HH-RLHF harmless dialogues, split as
-in configs/data/hh_rlhf.yaml: training prompts from its training pairs, held-out prompts from its 300 held-out pairs.
+in configs/datasets/hh_rlhf.yaml: training prompts from its training pairs, held-out prompts from its 300 held-out pairs.
 Harmlessness is the score of the HH-RLHF harmless reward model of benchmarks/heldout/HELDOUT.md (never trained on the held-out
 pairs), on greedy answers.
 
-1. SL-CAI: ``lightning-post fit --config configs/cai.yaml`` on ``--prompts`` training prompts (critique -> revision
+1. SL-CAI: ``lightning-post fit --config configs/cai/default.yaml`` on ``--prompts`` training prompts (critique -> revision
    with the bundled constitution, plus AI-feedback pairs), exported;
-2. RL-CAI: ``lightning-post fit --config configs/cai_rl.yaml`` (DPO with soft labels) from the SL-CAI model;
-3. ``lightning-post validate --config configs/ppo.yaml`` with each model (base, SL-CAI, RL-CAI) as the policy: the
+2. RL-CAI: ``lightning-post fit --config configs/cai/rl.yaml`` (DPO with soft labels) from the SL-CAI model;
+3. ``lightning-post validate --config configs/ppo/default.yaml`` with each model (base, SL-CAI, RL-CAI) as the policy: the
    reward model scores its greedy answers to the held-out prompts; the comparison is paired, prompt by prompt;
 4. ``benchmarks/cai/CAI.md``: the figures, revision statistics, examples and the commands.
 
@@ -66,11 +66,11 @@ def main() -> None:
     logs = WORK / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     out_dir, sl_export, rl_export = WORK / "out", WORK / "sl", WORK / "rl"
-    sl_cmd = [exe, "fit", "--config", "configs/cai.yaml", "--data.init_args.prompt_files", str(train),
+    sl_cmd = [exe, "fit", "--config", "configs/cai/default.yaml", "--data.init_args.prompt_files", str(train),
               "--data.init_args.max_prompts", str(args.prompts), "--data.init_args.output_dir", str(out_dir),
               "--trainer.max_steps", str(args.sl_steps), "--trainer.val_check_interval", str(args.sl_steps),
               "--trainer.logger.init_args.experiment_name", "cai-bench-sl", "--export.dirpath", str(sl_export)]
-    rl_cmd = [exe, "fit", "--config", "configs/cai_rl.yaml", "--model.init_args.model_name_or_path",
+    rl_cmd = [exe, "fit", "--config", "configs/cai/rl.yaml", "--model.init_args.model_name_or_path",
               str(sl_export / "model"), "--data.init_args.train_files", str(out_dir / "feedback.jsonl"),
               "--trainer.max_steps", str(args.rl_steps), "--trainer.val_check_interval", str(args.rl_steps),
               "--trainer.logger.init_args.experiment_name", "cai-bench-rl", "--export.dirpath", str(rl_export)]
@@ -82,7 +82,7 @@ def main() -> None:
     evals, eval_cmds = {}, []
     for name, model in (("base", "smollm2-135m-instruct"), ("sl_cai", str(sl_export / "model")),
                         ("rl_cai", str(rl_export / "model"))):
-        cmd = [exe, "validate", "--config", "configs/ppo.yaml", "--model.init_args.model_name_or_path", model,
+        cmd = [exe, "validate", "--config", "configs/ppo/default.yaml", "--model.init_args.model_name_or_path", model,
                "--model.init_args.reward_model", reward_model, "--data.init_args.train_files", str(held_out),
                "--data.init_args.val_files", str(held_out), "--trainer.logger.init_args.experiment_name",
                "cai-bench-eval"]

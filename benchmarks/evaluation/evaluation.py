@@ -3,10 +3,10 @@
 The "after" model is the DPO export of benchmarks/heldout/HELDOUT.md (found through the MLflow run recorded in
 ``benchmarks/heldout/results/heldout.json``, or ``--after``).
 
-1. ``lightning-post evaluate --config configs/evaluate.yaml`` for each model: instruction following on Self-Instruct's
+1. ``lightning-post evaluate --config configs/evaluate/default.yaml`` for each model: instruction following on Self-Instruct's
    user-oriented tasks (BLEU, ROUGE, BERTScore against the references; the LLM judge's win rate against
    text-davinci-003's answers), the bundled multiple-choice questions, and the safety probes;
-2. ``lightning-post abtest --config configs/abtest.yaml`` with A = before and B = after;
+2. ``lightning-post abtest --config configs/abtest/default.yaml`` with A = before and B = after;
 3. ``benchmarks/evaluation/EVALUATION.md``: the figures, the decision and the commands.
 
     .venv/bin/python benchmarks/evaluation/evaluation.py          # from the project root, ../shared beside it
@@ -53,12 +53,12 @@ def main() -> None:
         reports["before"] = json.loads(Path(args.before_report).read_text())
         models = models[1:]
     for name, model in models:
-        cmd = [exe, "evaluate", "--config", "configs/evaluate.yaml", "--model", model, "--output_dir",
+        cmd = [exe, "evaluate", "--config", "configs/evaluate/default.yaml", "--model", model, "--output_dir",
                str(WORK / f"evaluate-{name}"), "--run_name", f"evaluate-{name}", *args.extra]
         seconds[f"evaluate_{name}"] = round(run(cmd, WORK / f"evaluate-{name}.log"))
         reports[name] = json.loads((WORK / f"evaluate-{name}" / "report.json").read_text())
         commands.append(cmd)
-    cmd = [exe, "abtest", "--config", "configs/abtest.yaml", "--model_a", args.before, "--model_b", after,
+    cmd = [exe, "abtest", "--config", "configs/abtest/default.yaml", "--model_a", args.before, "--model_b", after,
            "--output_dir", str(WORK / "abtest"), "--run_name", "abtest-before-after", *args.extra]
     seconds["abtest"] = round(run(cmd, WORK / "abtest.log"))
     ab = json.loads((WORK / "abtest" / "report.json").read_text())
@@ -89,7 +89,7 @@ def write_report(r: dict, out: Path) -> None:
         f"{platform.platform()}",
         f"- Before: `{r['before']}`; after: `{r['after']}` (DPO on 640 HH-RLHF harmless pairs, LoRA r16, 80 steps; "
         "benchmarks/heldout/HELDOUT.md).",
-        "- Settings: configs/evaluate.yaml and configs/abtest.yaml (greedy answers, 96 new tokens).",
+        "- Settings: configs/evaluate/default.yaml and configs/abtest/default.yaml (greedy answers, 96 new tokens).",
         "- BLEU: sacrebleu " + "; ".join(f"{k}: `{v}`" for k, v in b["text"].get("bleu_signature", {}).items()) +
         "; ROUGE on Unicode words (Korean: mecab morphemes); BERTScore F1 each answer against its own reference, "
         f"encoder `{Path(b['text'].get('bertscore_encoder', '?')).name}` (languages: "

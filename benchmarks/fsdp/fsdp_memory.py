@@ -31,7 +31,7 @@ def run_case(strategy: str, args) -> dict:
     from mlflow import MlflowClient
 
     work = Path(tempfile.mkdtemp(prefix=f"fsdp-bench-{strategy}-"))
-    cmd = [sys.executable, "-m", "lightning_post.cli", "fit", "--config", str(ROOT / "configs/sft.yaml"),
+    cmd = [sys.executable, "-m", "lightning_post.cli", "fit", "--config", str(ROOT / "configs/sft/default.yaml"),
            "--config", str(STRATEGIES[strategy]), "--trainer.accelerator", args.accelerator,
            "--trainer.devices", str(args.devices), "--trainer.precision", args.precision,
            "--trainer.max_steps", str(args.steps), "--trainer.limit_val_batches", "0",

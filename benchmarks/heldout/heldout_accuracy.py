@@ -1,7 +1,7 @@
 """Held-out preference accuracy before and after training, on real human preference data.
 
 For the reward model, DPO, ORPO and KTO (SmolLM2-135M-Instruct, LoRA), on Anthropic HH-RLHF harmless pairs with a
-fixed held-out set of 300 pairs that is never trained on (configs/data/hh_rlhf.yaml). KTO learns from deployment
+fixed held-out set of 300 pairs that is never trained on (configs/datasets/hh_rlhf.yaml). KTO learns from deployment
 feedback instead of pairs: the training pairs become thumbs-up (chosen) and thumbs-down (rejected) events, go through
 ``lightning-post data feedback``, and KTO trains on its ``unpaired.jsonl``; its accuracy is measured on the same 300
 held-out pairs (``val_pair_files``) exactly as DPO's is.
@@ -26,15 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 #: method -> (config, held-out metric, other metrics to report, extra CLI arguments)
 METHODS = {
-    "reward": ("reward", "val/rewards/accuracies", ["val/loss", "val/rewards/margins"], []),
-    "dpo": ("dpo", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"], []),
+    "reward": ("reward/default", "val/rewards/accuracies", ["val/loss", "val/rewards/margins"], []),
+    "dpo": ("dpo/default", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"], []),
     # ORPO: odds-ratio term + SFT term on the chosen reply, no reference; its implicit reward is beta * mean logp
     # ORPO: lambda (beta) 1.0 rather than the paper's 0.1: with LoRA and 80 steps, 0.1 left the odds-ratio term too
     # weak to move held-out accuracy beyond noise (0.513 -> 0.543)
-    "orpo": ("orpo", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"],
+    "orpo": ("dpo/orpo", "val/rewards/accuracies", ["val/loss", "val/rewards/margins", "val/logps/chosen"],
              ["--model.init_args.beta", "1.0"]),
     # KTO: data options come from kto_inputs (feedback events built from the same training pairs)
-    "kto": ("kto", "val/pairs/accuracies", ["val/pairs/margins", "val/loss", "val/rewards/accuracies"], []),
+    "kto": ("kto/default", "val/pairs/accuracies", ["val/pairs/margins", "val/loss", "val/rewards/accuracies"], []),
 }
 RESULTS = ROOT / "benchmarks" / "heldout" / "results" / "heldout.json"
 
@@ -49,20 +49,20 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 def hh_split(train_pairs: int):
-    """``(data settings, data module, {"train", "val"} located pairs)`` of configs/data/hh_rlhf.yaml: the same
+    """``(data settings, data module, {"train", "val"} located pairs)`` of configs/datasets/hh_rlhf.yaml: the same
     held-out pairs every method here is measured on."""
     import yaml
 
     from lightning_post.data.preference import PreferenceDataModule
 
-    settings = yaml.safe_load((ROOT / "configs" / "data" / "hh_rlhf.yaml").read_text())["data"]["init_args"]
+    settings = yaml.safe_load((ROOT / "configs" / "datasets" / "hh_rlhf.yaml").read_text())["data"]["init_args"]
     settings.update(max_train_pairs=train_pairs, train_files=str(ROOT / settings["train_files"]))
     dm = PreferenceDataModule(**settings)
     return settings, dm, dm._read_all()
 
 
 def kto_inputs(train_pairs: int, batch_size: int, folder: Path) -> tuple[list[str], dict]:
-    """Feedback events from the training pairs of configs/data/hh_rlhf.yaml (same held-out split as DPO), through
+    """Feedback events from the training pairs of configs/datasets/hh_rlhf.yaml (same held-out split as DPO), through
     ``lightning-post data feedback``; returns the data arguments of the KTO commands and the pair counts."""
     settings, dm, split = hh_split(train_pairs)
     counts = {"data/train_pairs": len(split["train"]), "data/val_pairs": len(split["val"]),
@@ -125,7 +125,7 @@ def main() -> None:
         if method == "kto":
             data_args, counts = kto_inputs(args.train_pairs, args.batch_size, ROOT / "mlruns" / "heldout-kto-data")
         else:
-            data_args = ["--config", "configs/data/hh_rlhf.yaml", "--data.init_args.max_train_pairs",
+            data_args = ["--config", "configs/datasets/hh_rlhf.yaml", "--data.init_args.max_train_pairs",
                          str(args.train_pairs), "--data.init_args.batch_size", str(args.batch_size)]
         common = [
             "--config", f"configs/{config}.yaml", *data_args, *extra_args,
@@ -166,7 +166,7 @@ def write_report(results: list[dict], out: Path, command: str) -> None:
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
         f"{platform.platform()}",
         "- Model: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear; data: Anthropic HH-RLHF harmless-base test "
-        "split from ../shared/data (configs/data/hh_rlhf.yaml), chat template, max 256 tokens per side.",
+        "split from ../shared/data (configs/datasets/hh_rlhf.yaml), chat template, max 256 tokens per side.",
         "- Held-out set: 300 pairs chosen by `data.seed`, never trained on; broken rows of the file are skipped and "
         "counted.",
         "- DPO accuracy is the implicit-reward accuracy `beta*(log pi - log pi_ref)` chosen > rejected, a tie counted "

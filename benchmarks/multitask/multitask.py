@@ -1,5 +1,5 @@
 """Multitask SFT on the real model: SmolLM2-135M-Instruct + LoRA over five T0 tasks and Self-Instruct instructions
-(``configs/multitask.yaml``), temperature sampling at T=1 and at T=2, one after the other; per-task validation loss,
+(``configs/sft/multitask.yaml``), temperature sampling at T=1 and at T=2, one after the other; per-task validation loss,
 exact match and realised task shares read back from MLflow into ``benchmarks/multitask/MULTITASK.md``.
 
     .venv/bin/python benchmarks/multitask/multitask.py          # from the project root, ../shared beside it
@@ -44,7 +44,7 @@ def main() -> None:
     results, commands = {}, []
     for t in args.temperatures:
         name = f"multitask-T{t:g}"
-        cmd = [exe, "fit", "--config", "configs/multitask.yaml", "--data.init_args.temperature", str(t),
+        cmd = [exe, "fit", "--config", "configs/sft/multitask.yaml", "--data.init_args.temperature", str(t),
                "--trainer.logger.init_args.run_name", name, *args.extra]
         seconds = round(run(cmd, work / f"{name}.log"))
         results[name] = {"temperature": t, "seconds": seconds, **metrics_of(name)}

@@ -1,9 +1,9 @@
 """PPO on the real model: does the reward model's mean score on held-out prompts rise, with the KL bounded?
 
-SmolLM2-135M-Instruct with LoRA (configs/ppo.yaml); the reward model is the one trained on HH-RLHF harmless pairs by
+SmolLM2-135M-Instruct with LoRA (configs/ppo/default.yaml); the reward model is the one trained on HH-RLHF harmless pairs by
 ``benchmarks/heldout/heldout_accuracy.py --methods reward`` (its export, found through the MLflow run recorded in
 ``benchmarks/heldout/results/heldout.json``, or ``--reward-model``). Prompts: those of the same split of
-configs/data/hh_rlhf.yaml -- training prompts from the reward model's training pairs, held-out prompts from its 300
+configs/datasets/hh_rlhf.yaml -- training prompts from the reward model's training pairs, held-out prompts from its 300
 held-out pairs (never seen by the reward model or the policy).
 
 1. ``lightning-post validate``: greedy answers of the starting policy to the held-out prompts, scored;
@@ -61,7 +61,7 @@ def main() -> None:
     tracking = f"sqlite:///{ROOT}/mlruns/mlflow.db"
     experiment = "ppo-heldout"
     common = [
-        "--config", "configs/ppo.yaml", "--model.init_args.reward_model", reward_model,
+        "--config", "configs/ppo/default.yaml", "--model.init_args.reward_model", reward_model,
         "--data.init_args.train_files", str(train), "--data.init_args.val_files", str(held_out),
         "--trainer.logger.init_args.experiment_name", experiment, *args.extra,
     ]
@@ -95,7 +95,7 @@ def main() -> None:
     result = {
         "before": {k: before[k] for k in before if k.startswith("val/")},
         "after": {k: after[k] for k in after if k.startswith("val/")},
-        "paired": paired, "settings": " ".join(args.extra) or "configs/ppo.yaml as is",
+        "paired": paired, "settings": " ".join(args.extra) or "configs/ppo/default.yaml as is",
         "train_history": history, "steps": args.steps, "held_out_prompts": args.held_out,
         "reward_model": reward_model, "seconds_validate": round(t_before), "seconds_fit": round(t_fit),
         "run_id": fit_run.info.run_id,
@@ -145,7 +145,7 @@ def write_report(r: dict, out: Path) -> None:
         "",
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, "
         f"{platform.platform()}",
-        "- Policy: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear, configs/ppo.yaml (PPO, shared value head, "
+        "- Policy: SmolLM2-135M-Instruct (fp32), LoRA r=16 all-linear, configs/ppo/default.yaml (PPO, shared value head, "
         "GAE, k1 KL penalty 0.05, missing-EOS penalty 1.0, temperature 0.7, 64 new tokens, 16 prompts per rollout, "
         f"2 PPO epochs x 2 minibatches, lr 5e-4); overrides: {r['settings']}.",
         f"- Reward model: the HH-RLHF harmless reward model of benchmarks/heldout/HELDOUT.md (`{r['reward_model']}`).",

@@ -1,8 +1,8 @@
 """``lightning-post evaluate`` and ``lightning-post abtest``: evaluation and A/B comparison of trained models, each
 written to a folder (moved into place when complete) and recorded as an MLflow run with plots.
 
-    lightning-post evaluate --config configs/evaluate.yaml --model exports/dpo/model
-    lightning-post abtest --config configs/abtest.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
+    lightning-post evaluate --config configs/evaluate/default.yaml --model exports/dpo/model
+    lightning-post abtest --config configs/abtest/default.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
 """
 
 from __future__ import annotations

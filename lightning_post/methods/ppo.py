@@ -184,7 +184,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             raise ValueError(f"value_model must be 'shared' or 'separate', got {value_model!r}")
         if reward_model is not None and _looks_local(reward_model) and not Path(reward_model).expanduser().exists():
             raise ValueError(f"reward_model folder {reward_model!r} does not exist. Train one with: lightning-post fit "
-                             "--config configs/reward.yaml --export.dirpath exports/reward")
+                             "--config configs/reward/default.yaml --export.dirpath exports/reward")
         self.reward_function = load_function(reward_fn) if reward_fn is not None else None
         self.kl_value = kl_coef
         self.value_head: Optional[torch.nn.Module] = None

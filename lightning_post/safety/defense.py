@@ -7,8 +7,8 @@ defense example) so that the model learns when to refuse, not to refuse everythi
 sound harmful (borderline prompts, answered by the model itself). A share of the harmful requests is held out, never
 wrapped into training data, for measuring the trained model.
 
-    lightning-post jailbreak-data --config configs/jailbreak_data.yaml
-    lightning-post fit --config configs/jailbreak_dpo.yaml     # DPO on output_dir/pairs.jsonl
+    lightning-post jailbreak-data --config configs/jailbreak_data/default.yaml
+    lightning-post fit --config configs/dpo/jailbreak.yaml     # DPO on output_dir/pairs.jsonl
 """
 
 from __future__ import annotations

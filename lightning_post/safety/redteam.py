@@ -1,7 +1,7 @@
 """``lightning-post redteam``: an attacker model writes adversarial prompts from seed requests in several attack
 styles; each is put to the target model and judged; the ones that elicit a harmful answer form the red-team set.
 
-    lightning-post redteam --config configs/redteam.yaml
+    lightning-post redteam --config configs/redteam/default.yaml
 """
 
 from __future__ import annotations
