@@ -8,9 +8,10 @@
     lightning-post abtest --config configs/abtest/default.yaml --model_a smollm2-135m-instruct --model_b exports/dpo/model
     lightning-post data report --annotations judged.jsonl --output_dir reports/judged
 
-This module imports nothing heavy: ``--help``, ``--version`` and a mistyped command answer without torch. Each
-command's own module is imported when it runs. A user error (a bad setting, file, record, model name or output
-folder) ends in one line on stderr and exit code 2; ``--debug`` (or ``LIGHTNING_POST_DEBUG=1``) shows the traceback.
+This module imports nothing heavy: ``--help``, ``--version`` and a mistyped command answer without torch. The
+commands are listed in :mod:`lightning_post.commands`; each command's own module is imported when it runs. A user
+error (a bad setting, file, record, model name or output folder) ends in one line on stderr and exit code 2;
+``--debug`` (or ``LIGHTNING_POST_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,30 +21,8 @@ import os
 import sys
 from typing import Optional
 
-#: ``lightning-post <command>``: a one-line summary each, in the order ``--help`` lists them
-TRAINING_COMMANDS = {
-    "fit": "train a method (SFT, reward model, DPO and its loss family, KTO, PPO/RLOO/GRPO, CAI) from YAML",
-    "validate": "the validation metrics of a model or a checkpoint",
-    "test": "the test metrics of a model or a checkpoint (generation metrics: BLEU, ROUGE, BERTScore)",
-    "predict": "run a model's predict step over a data split",
-}
-TOOL_COMMANDS = {
-    "evaluate": "one model: text metrics, judge win rate, multiple choice, safety probes, bias",
-    "abtest": "two models side by side: judge or human verdicts, significance, safety, a ship/keep decision",
-    "redteam": "attack a model with red-team prompts and jailbreaks; attack success rate and the red-team set",
-    "jailbreak-data": "refusal SFT records and DPO pairs from a red-team set, for the defense stage",
-    "pipeline": "stages in order (sft, reward, dpo, cai, evaluate, abtest, ...), resumable, one MLflow parent run",
-    "data": "preference data: build pairs, label them, check their quality, convert, read feedback",
-    "runs": "the MLflow store: mark runs whose process is gone KILLED (runs clean)",
-}
-#: ``lightning-post data <command>``
-DATA_COMMANDS = {
-    "pairs": "comparison pairs of several models' answers to the same prompts",
-    "label": "label pairs with a judge (reward model or LLM, both orders)",
-    "report": "quality report of annotations or preference files: agreement, bias, a gate",
-    "convert": "annotations -> a training preference file",
-    "feedback": "deployment feedback (ratings, thumbs) -> KTO, preference and SFT files and a report",
-}
+# the registry of every command (name, one-line summary, what runs it); it imports nothing
+from lightning_post.commands import DATA_COMMANDS, TOOL_COMMANDS, TRAINING_COMMANDS, Entry, entry
 
 DEBUG_ENV = "LIGHTNING_POST_DEBUG"
 
@@ -65,9 +44,9 @@ def version_text() -> str:
     return f"lightning-post {__version__} ({', '.join(parts)})"
 
 
-def _table(commands: dict[str, str]) -> str:
+def _table(commands: dict[str, Entry]) -> str:
     width = max(map(len, commands)) + 2
-    return "\n".join(f"  {name:<{width}}{summary}" for name, summary in commands.items())
+    return "\n".join(f"  {name:<{width}}{e.summary}" for name, e in commands.items())
 
 
 def overview() -> str:
@@ -176,7 +155,7 @@ def _run(command: str, argv: list[str], debug: bool) -> None:
     try:
         for path in config_paths(argv):  # YAML syntax named with its file and line, before any parser reads it
             check_yaml_file(path)
-        _dispatch(argv)
+        _dispatch(command, argv)
     except (UserError, ConfigFileError) as e:  # a setting, a file, a record, a model name, an output folder
         if debug:
             raise
@@ -196,36 +175,16 @@ def _run(command: str, argv: list[str], debug: bool) -> None:
         sys.exit(130)
 
 
-def _dispatch(argv: list[str]) -> None:
-    name = argv[0]
-    if name in TRAINING_COMMANDS:
-        from lightning_post.trainer_cli import cli_main
-
-        cli_main(argv)
-    elif name == "runs":
-        from lightning_post.tracking import runs_command
-
-        runs_command(argv[1:])
-    elif name == "pipeline":
-        from lightning_post.evaluation.commands import run_command
-        from lightning_post.pipeline import Pipeline, PipelineError
-
-        try:
-            run_command("pipeline", argv[1:], {"pipeline": Pipeline}, "lightning-post pipeline")
-        except PipelineError as e:
-            sys.exit(f"lightning-post pipeline: {e}")
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the stage was stopped and recorded
-            print("lightning-post pipeline: interrupted; run the same command again to resume", file=sys.stderr)
-            sys.exit(130)
-    elif name == "data":
-        from lightning_post.evaluation.commands import run_command
-        from lightning_post.quality.commands import DATA_COMMANDS as classes
-
-        run_command(argv[1], argv[2:], classes)
+def _dispatch(command: str, argv: list[str]) -> None:
+    """Run ``command`` (``"evaluate"``, ``"data report"``) with its arguments: a command class parses them into its
+    settings; the training commands and ``runs`` take them as they are."""
+    target = entry(command).load()
+    if command in TRAINING_COMMANDS:
+        target(argv)  # LightningCLI: the subcommand is its first argument
+    elif isinstance(target, type):
+        target.main(argv[len(command.split()):], f"lightning-post {command}")
     else:
-        from lightning_post.evaluation.commands import run_command
-
-        run_command(name, argv[1:])
+        target(argv[1:])
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print("lightning-post-feedback: an alias of `lightning-post data feedback` (kept for the 0.1 releases)",
           file=sys.stderr)
-    from lightning_post.quality.commands import DataFeedback
+    from lightning_post.commands.feedback import DataFeedback
 
     try:
-        DataFeedback(args.files, args.out_dir, args.overwrite, args.good_rating, args.bad_rating, args.min_rating,
-                     args.tracking_uri, args.experiment, log_mlflow=not args.no_mlflow).run()
+        DataFeedback(args.files, args.out_dir, good_rating=args.good_rating, bad_rating=args.bad_rating,
+                     min_rating=args.min_rating, experiment_name=args.experiment, log_mlflow=not args.no_mlflow,
+                     overwrite=args.overwrite, tracking_uri=args.tracking_uri).run()
     except UserError as e:
         print(f"lightning-post-feedback: error: {e}", file=sys.stderr)
         return 2

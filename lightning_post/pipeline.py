@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from lightning_post.errors import OutputError
 from lightning_post.outputs import child_dir, refuse_protected
@@ -133,39 +133,11 @@ def parent_metric_key(st: Stage, key: str) -> str:
     return f"{st.name}/{key}"
 
 
-class Pipeline:
-    """Run post-training stages in order (sft -> reward -> dpo or ppo -> cai -> evaluate -> abtest, or any order
-    the YAML gives), each stage's export feeding the next, as one MLflow parent run with a child run per stage;
-    a rerun resumes at the first stage not done."""
-
-    def __init__(
-        self,
-        stages: list[Stage],
-        name: str = "pipeline",
-        output_dir: str = "mlruns/pipelines/default",
-        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
-        artifact_location: str = "mlruns/artifacts",
-        experiment_name: str = "pipeline",
-        restart_from: Optional[str] = None,
-        stop_after: Optional[str] = None,
-        python: Optional[str] = None,
-    ):
-        """
-        Args:
-            stages: the stages, run in this order (see :class:`Stage`).
-            name: the parent run's name.
-            output_dir: the pipeline's folder: ``state.json``, and per stage its export, outputs and ``stage.log``.
-                Reruns with the same folder resume.
-            tracking_uri: MLflow tracking URI of the parent and child runs.
-            artifact_location: artifact root of the experiment when it is created.
-            experiment_name: MLflow experiment of the parent and child runs.
-            restart_from: rerun this stage and every stage after it even when done.
-            stop_after: stop (successfully) after this stage.
-            python: interpreter of the stage processes (``null`` = this one).
-        """
-        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
-        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
-        self._validate()
+class StageRunner:
+    """The machinery of ``lightning-post pipeline`` (:class:`lightning_post.commands.pipeline.Pipeline`, whose
+    settings it reads: ``stages``, ``name``, ``output_dir``, ``tracking_uri``, ``artifact_location``,
+    ``experiment_name``, ``restart_from``, ``stop_after``, ``python``): the description checked before anything runs,
+    the state file, the parent and child MLflow runs, one process per stage, the resume."""
 
     # ---------------------------------------------------------------- description checks, before anything runs
     def _validate(self) -> None:
@@ -359,7 +331,7 @@ class Pipeline:
         return {"output_dir": str(folder), **{p.stem: str(p) for p in sorted(folder.glob("*.json*"))}}
 
     # ---------------------------------------------------------------- the whole pipeline
-    def run(self) -> dict:
+    def run_stages(self) -> dict:
         """Run (or resume) the pipeline; returns the state: per stage its status, run id, outputs and seconds."""
         Path(self.output_dir).mkdir(parents=True, exist_ok=True)
         state = self._load_state()

@@ -66,7 +66,7 @@ class RewardScorerModel(mlflow.pyfunc.PythonModel):
     """A reward model that scores ``{"prompt", "response"}`` records."""
 
     def load_context(self, context) -> None:
-        from lightning_post.rewards import RewardModelScorer
+        from lightning_post.scoring.rewards import RewardModelScorer
 
         info = json.loads(Path(context.artifacts["info"]).read_text(encoding="utf-8"))
         self.scorer = RewardModelScorer(context.artifacts["model"], info.get("template", "chat"))
@@ -107,8 +107,6 @@ def log_exported_model(tracking_uri: str, run_id: str, written: dict[str, str], 
                        extra: Optional[dict] = None) -> str:
     """Log an export (``{"model": folder, "adapter": folder}`` as written by the export callback) on ``run_id`` as
     the MLflow model ``model``; returns its model id. ``base``: the base the adapter was trained on."""
-    import lightning_post
-
     adapter = written.get("adapter")
     if task == "score" or not adapter or not (Path(adapter) / "adapter_config.json").exists():
         folder, info = written.get("model") or adapter, {"task": task}
@@ -122,7 +120,7 @@ def log_exported_model(tracking_uri: str, run_id: str, written: dict[str, str], 
             info_file = Path(tmp) / "info.json"
             info_file.write_text(json.dumps(info, indent=1), encoding="utf-8")
             code = Path(tmp) / "lightning_post"  # the package's source, without compiled caches
-            shutil.copytree(Path(lightning_post.__file__).parent, code,
+            shutil.copytree(Path(__file__).resolve().parent, code,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
                 logged = mlflow.pyfunc.log_model(

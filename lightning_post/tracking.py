@@ -330,18 +330,3 @@ def log_run(tracking_uri: str, experiment: str, run_name: Optional[str], tags: d
         client.log_figure(run.info.run_id, fig, f"plots/{name}.png")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
-
-
-def runs_command(argv: list[str]) -> None:
-    """``lightning-post runs clean [--tracking_uri URI]``: mark ``KILLED`` the RUNNING runs of this machine whose
-    process is gone (``kill -9``, a power cut); each ``fit`` does the same on its store before it starts."""
-    import argparse
-
-    from lightning_post.help import plain
-
-    ap = argparse.ArgumentParser(prog="lightning-post runs", description=plain(runs_command.__doc__ or ""))
-    ap.add_argument("action", choices=["clean"])
-    ap.add_argument("--tracking_uri", default=DEFAULT_TRACKING_URI)
-    args = ap.parse_args(argv)
-    stale = mark_stale_runs(args.tracking_uri)
-    print(f"{len(stale)} stale run(s) marked KILLED" + (f": {', '.join(stale)}" if stale else ""))

@@ -5,7 +5,6 @@ record of each run (config, params, tags, datasets) and run names; :mod:`lightni
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 import warnings
@@ -19,8 +18,8 @@ from lightning_post.callbacks.plots import RunPlots
 from lightning_post.callbacks.samples import GenerationSamples
 from lightning_post.callbacks.scores import ScoreWriter
 from lightning_post.callbacks.test_metrics import TestGenerationMetrics
+from lightning_post.data.base import PostDataModule
 from lightning_post.help import OneLineErrors
-from lightning_post.outputs import finite_json
 from lightning_post.tracking import (
     default_run_name, flatten, git_commit, log_datasets, log_text_artifact, mlflow_logger, model_label, process_tags,
     set_tags,
@@ -51,37 +50,13 @@ class MLflowConfig(SaveConfigCallback):
             **({"checkpoint_dir": str(trainer.checkpoint_callback.dirpath)}
                if getattr(trainer.checkpoint_callback, "dirpath", None) else {}),
         })
-        stats = getattr(trainer.datamodule, "stats", {}) or {}
-        metrics = {k: float(v) for split, s in stats.items() for k, v in s.as_metrics(split).items()}
-        if hasattr(trainer.datamodule, "setup_metrics"):  # e.g. the quality gate's figures, the task mixture
-            metrics.update(trainer.datamodule.setup_metrics())
-        report = getattr(trainer.datamodule, "safety_report", None)
-        if report:  # the safety filter's counts by reason and a sample of what it removed
-            from lightning_post.data.safety import safety_metrics
-
-            metrics.update(safety_metrics(report))
-            log_text_artifact(logger, json.dumps(finite_json(report), indent=1, ensure_ascii=False, default=str),
-                              "safety_filter/report.json")
-        invalid = getattr(trainer.datamodule, "invalid", None)
-        if invalid is not None:
-            metrics["data/invalid_pairs"] = float(len(invalid))
-        if metrics:  # counts fixed at setup: params (a metric would draw a one-point chart of a constant)
-            logger.log_hyperparams({k: _param_value(v) for k, v in metrics.items()})
-        if hasattr(trainer.datamodule, "data_sources"):
-            _log_data_files(logger, trainer.datamodule, getattr(stage, "value", stage))
-
-
-#: splits a stage does not read
-_UNUSED_SPLITS = {"fit": {"test"}, "validate": {"train", "test"}, "test": {"train", "val"}}
-
-
-def _log_data_files(logger, datamodule, stage: str) -> None:
-    """The files of the splits that ``stage`` reads, as the run's MLflow datasets (source, digest, rows)."""
-    from lightning_post.data.base import count_records
-
-    sources = [(s, p) for s, p in datamodule.data_sources() if s not in _UNUSED_SPLITS.get(stage, ())]
-    counts = {p: count_records(p) for p in {p for _, p in sources}}
-    log_datasets(logger.experiment, logger.run_id, [(s, p, counts[p]) for s, p in sources])
+        if isinstance(trainer.datamodule, PostDataModule):  # what a data module adds to the run, as it declares it
+            record = trainer.datamodule.run_record(getattr(stage, "value", stage))
+            for path, text in record.artifacts.items():  # the safety filter's report
+                log_text_artifact(logger, text, path)
+            if record.params:  # counts fixed at setup: params (a metric would draw a one-point chart of a constant)
+                logger.log_hyperparams({k: _param_value(v) for k, v in record.params.items()})
+            log_datasets(logger.experiment, logger.run_id, record.datasets)  # the files the stage reads
 
 
 def _param_value(value) -> str:

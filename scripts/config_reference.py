@@ -8,7 +8,7 @@ The tables are read from the ``__init__`` signatures (``inspect.signature``: nam
 descriptions from the ``Args:``/``Attributes:`` section of the docstrings (``__init__``'s, else the class's) or from
 the attribute docstrings of a dataclass. The classes come from the code's own registries: ``lightning_post.__all__``
 (methods and data modules), the blocks ``PostCLI.add_arguments_to_parser`` adds to the training commands,
-``COMMAND_CLASSES``, ``DATA_COMMANDS`` and ``Pipeline``. Settings dataclasses named in an annotation (``peft``,
+the command registry ``lightning_post.commands``. Settings dataclasses named in an annotation (``peft``,
 ``optim``, ``safety_filter``, ...) get a table of their own. The output depends on nothing but the code.
 """
 
@@ -97,13 +97,20 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return out
 
 
-def descriptions(cls: type) -> dict[str, str]:
+def descriptions(cls: type, owner: Optional[type] = None) -> dict[str, str]:
     """Every documented argument of ``cls``: ``__init__``'s ``Args:``, the class's ``Args:``/``Attributes:``, the
-    attribute docstrings; the first source that documents a name wins."""
+    attribute docstrings; the first source that documents a name wins. Arguments that ``__init__`` forwards to a
+    parent (``**kwargs``) are documented by the parent's ``__init__`` (``owner``: the class of ``cls``'s MRO whose
+    docstrings are read, ``cls`` itself by default)."""
     found: dict[str, str] = {}
-    init = cls.__dict__.get("__init__")
-    for source in (args_section(getattr(init, "__doc__", None)), args_section(cls.__doc__), attribute_docs(cls)):
+    owner = owner or cls
+    init = owner.__dict__.get("__init__")
+    for source in (args_section(getattr(init, "__doc__", None)), args_section(owner.__doc__), attribute_docs(owner)):
         for name, text in source.items():
+            found.setdefault(name, text)
+    parent = forwarded_to(cls, init_owner(owner))
+    if parent is not None:
+        for name, text in descriptions(cls, parent).items():
             found.setdefault(name, text)
     return found
 
@@ -142,12 +149,51 @@ def default_text(cls: type, name: str, default: Any) -> str:
     return text
 
 
-def parameters(cls: type) -> list[inspect.Parameter]:
-    init = cls if dataclasses.is_dataclass(cls) else cls.__init__
+def init_owner(cls: type) -> type:
+    """The class in ``cls``'s MRO whose ``__init__`` it runs."""
+    return next(c for c in cls.__mro__ if "__init__" in c.__dict__)
+
+
+def forwarded_to(cls: type, owner: Optional[type] = None) -> Optional[type]:
+    """The parent that ``owner.__init__`` (``cls``'s own by default) hands its ``**kwargs`` to
+    (``super().__init__(..., **kwargs)``): the next ``__init__`` in ``cls``'s MRO, as in Python, so that a command
+    made of several groups of settings (``class Evaluate(Generates, StageCommand)``) gets all of them; or None."""
+    if dataclasses.is_dataclass(cls):
+        return None
+    owner = owner or init_owner(cls)
+    kinds = {p.kind for p in inspect.signature(owner.__init__).parameters.values()}
+    if inspect.Parameter.VAR_KEYWORD not in kinds:
+        return None
+    mro = cls.__mro__
+    parent = next(c for c in mro[mro.index(owner) + 1:] if "__init__" in c.__dict__)  # where super() leads
+    return None if parent is object else parent
+
+
+def super_keywords(cls: type) -> set[str]:
+    """Names that ``cls.__init__`` passes by keyword in its ``super().__init__(...)`` call: fixed there, so not
+    settings (as jsonargparse, which reads the same call, leaves them out of ``--help``)."""
+    source = textwrap.dedent(inspect.getsource(init_owner(cls).__init__))
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "__init__"
+                and isinstance(node.func.value, ast.Call) and getattr(node.func.value.func, "id", None) == "super"):
+            return {kw.arg for kw in node.keywords if kw.arg is not None}
+    return set()
+
+
+def parameters(cls: type, owner: Optional[type] = None) -> list[inspect.Parameter]:
+    """The settings of ``cls``: its ``__init__``'s arguments, and where it forwards ``*args, **kwargs`` to its
+    parent's ``__init__`` (the shared method settings of ``PostTrainingModule``), the parent's after its own
+    (``owner``: the class of ``cls``'s MRO whose ``__init__`` is read, ``cls``'s own by default)."""
+    init = cls if dataclasses.is_dataclass(cls) else (owner or cls).__init__
     params = list(inspect.signature(init).parameters.values())
     if not dataclasses.is_dataclass(cls):
         params = params[1:]  # self
-    return params
+    parent = forwarded_to(cls, owner)
+    if parent is None:
+        return params
+    own = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    fixed = super_keywords(owner or cls) | {p.name for p in own}
+    return own + [p for p in parameters(cls, parent) if p.name not in fixed]
 
 
 def cell(text: str) -> str:
@@ -245,10 +291,11 @@ def settings_classes(classes: list[type]) -> list[type]:
     todo = list(classes)
     while todo:
         cls = todo.pop()
-        module = sys.modules[cls.__module__]
+        # an argument forwarded to a parent is annotated in the parent's module
+        modules = [sys.modules[c.__module__] for c in cls.__mro__ if c.__module__ in sys.modules]
         for p in parameters(cls):
             for word in re.findall(r"\b[A-Z]\w*", annotation_text(p.annotation)):
-                target = getattr(module, word, None)
+                target = next((getattr(m, word) for m in modules if isinstance(getattr(m, word, None), type)), None)
                 if (isinstance(target, type) and dataclasses.is_dataclass(target)
                         and target.__module__.startswith("lightning_post") and target.__name__ not in found):
                     found[target.__name__] = target
@@ -298,18 +345,16 @@ def reference() -> Reference:
     """Collect the classes from the code's registries."""
     import lightning as L
 
-    from lightning_post.evaluation.commands import COMMAND_CLASSES
-    from lightning_post.pipeline import Pipeline
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.commands import command_classes
     from lightning_post.tracking import MLflowLogger
     from lightning_post.trainer_cli import TRAINER_DEFAULTS
 
     methods, datamodules = exported(L.LightningModule), exported(L.LightningDataModule)
     blocks = training_blocks()
     trainer = trainer_classes(blocks)
-    commands = [(f"lightning-post {name}", cls) for name, cls in COMMAND_CLASSES.items()]
-    commands += [(f"lightning-post data {name}", cls) for name, cls in DATA_COMMANDS.items()]
-    commands.append(("lightning-post pipeline", Pipeline))
+    classes = command_classes()  # the registry's: the tools, then the data commands
+    commands = [(f"lightning-post {name}", cls) for name, cls in classes.items() if name != "pipeline"]
+    commands.append(("lightning-post pipeline", classes["pipeline"]))
     settings = settings_classes([*methods, *datamodules, *(c for _, c in blocks), *trainer, *(c for _, c in commands)])
     trainer_defaults = {**TRAINER_DEFAULTS, "seed_everything": cli_keywords().get("seed_everything_default")}
     return Reference(methods, datamodules, settings, blocks, trainer, MLflowLogger, commands, trainer_defaults)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from lightning_post.cai.constitution import load_constitution, pairwise_messages
-from lightning_post.evaluation.judges import DEFAULT_QUESTION
+from lightning_post.scoring.judges import DEFAULT_QUESTION
 from lightning_post.evaluation.safety import PRIVACY_PROBES, jailbreak
 from lightning_post.safety.attacks import ATTACK_STYLES
 

@@ -1,4 +1,5 @@
-"""The package's import graph: no import circle inside ``lightning_post/`` beyond the one still being taken apart.
+"""The package's import graph: no import circle inside ``lightning_post/``, and no module that imports one of a higher
+layer than its own, following the table of layers in docs/architecture.md (the one place the layers are written).
 
 Every ``import`` / ``from ... import`` of a ``lightning_post`` module counts, at module level or inside a function
 (a function-level import only hides a circle from Python, not from a reader). The graph is read from the source
@@ -8,19 +9,13 @@ with :mod:`ast`, nothing is imported.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "lightning_post"
-
-#: the circles left, each to be removed (issue 25: a pure records/ layer under the DataModules, the scorers and
-#: judges in one package); a new circle, or a module added to one of these, fails the test
-KNOWN_CIRCLES = [
-    {"lightning_post.data.base", "lightning_post.data.instruction", "lightning_post.data.preference",
-     "lightning_post.data.prompts", "lightning_post.data.safety", "lightning_post.evaluation.judges",
-     "lightning_post.quality.report", "lightning_post.quality.schema", "lightning_post.rewards"},
-]
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -113,9 +108,91 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path):
     assert circles(graph) == [{"lightning_post.sub", "lightning_post.sub.leaf", "lightning_post.top"}]
 
 
-def test_no_import_circle_beyond_the_known_ones():
-    found = circles(import_graph())
-    new = [sorted(c) for c in found if c not in KNOWN_CIRCLES]
-    assert not new, f"import circles inside lightning_post/ (function-level imports included): {new}"
-    gone = [sorted(c) for c in KNOWN_CIRCLES if c not in found]
-    assert not gone, f"these circles are gone or changed: remove them from KNOWN_CIRCLES: {gone}"
+def test_no_import_circle():
+    found = [sorted(c) for c in circles(import_graph())]
+    assert not found, f"import circles inside lightning_post/ (function-level imports included): {found}"
+
+
+# ---- layers ------------------------------------------------------------------------------------------------------
+LAYER_ROW = re.compile(r"^\|\s*(\d+)\.\s*([^|]+?)\s*\|([^|]*)\|", re.M)
+
+
+def layer_table(text: str) -> dict[str, int]:
+    """``name -> layer`` from the table of docs/architecture.md: rows ``| <n>. <title> | `name`, `pkg/`, ... | ... |``
+    in the section "The layers"; ``pkg/`` names a package and every module in it, ``pkg/mod`` or ``mod`` one module,
+    ``__init__`` the package root."""
+    section = text.split("## The layers", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, int] = {}
+    rows = LAYER_ROW.findall(section)
+    assert [int(n) for n, _, _ in rows] == list(range(len(rows))), "the layers are numbered 0, 1, 2, ... in order"
+    for number, _, cell in rows:
+        for name in re.findall(r"`([^`]+)`", cell):
+            assert name not in table, f"{name} is in two layers"
+            table[name] = int(number)
+    return table
+
+
+def layer_of(module: str, table: dict[str, int]) -> int | None:
+    """The layer of ``module`` (``lightning_post.x.y``): the most specific name of the table that covers it."""
+    best, layer = -1, None
+    for name, n in table.items():
+        dotted = "lightning_post" if name == "__init__" else "lightning_post." + name.rstrip("/").replace("/", ".")
+        covers = module == dotted or (name.endswith("/") and module.startswith(dotted + "."))
+        if covers and len(dotted) > best:
+            best, layer = len(dotted), n
+    return layer
+
+
+def layer_breaks(graph: dict[str, set[str]], table: dict[str, int]) -> set[tuple[str, str]]:
+    """``(importer, imported)`` of every import of a module of a higher layer (modules in no layer are left to
+    :func:`test_every_module_has_a_layer`)."""
+    layers = {m: layer_of(m, table) for m in graph}
+    return {(a, b) for a, targets in graph.items() for b in targets
+            if layers[a] is not None and layers.get(b) is not None and layers[b] > layers[a]}
+
+
+def test_the_layer_table_of_the_docs():
+    table = layer_table(ARCHITECTURE.read_text(encoding="utf-8"))
+    assert table["records/"] < table["data/"] < table["methods/"] < table["commands/"] < table["cli"]
+    assert table["scoring/"] < table["data/"], "the data modules filter with the scorers: scoring is below them"
+    assert layer_of("lightning_post.safety.filter", table) < layer_of("lightning_post.safety.redteam", table)
+    assert layer_of("lightning_post", table) == table["__init__"] == max(table.values())
+
+
+def test_the_layer_rule_on_a_known_graph():
+    table = layer_table("## The layers\n\n| layer | modules |\n|---|---|\n| 0. low | `errors`, `rec/` |\n"
+                        "| 1. mid | `data/`, `cmd/lib` |\n| 2. top | `cmd/`, `__init__` |\n\n## Next\n| 3. x | `y` |\n")
+    assert table == {"errors": 0, "rec/": 0, "data/": 1, "cmd/lib": 1, "cmd/": 2, "__init__": 2}
+    assert layer_of("lightning_post.cmd.lib", table) == 1 and layer_of("lightning_post.cmd.run", table) == 2
+    assert layer_of("lightning_post.other", table) is None
+    graph = {"lightning_post.rec.a": {"lightning_post.errors"}, "lightning_post.data.b": {"lightning_post.rec.a"},
+             "lightning_post.cmd.lib": {"lightning_post.data.b"}, "lightning_post.errors": set(),
+             "lightning_post.data.c": {"lightning_post.cmd.lib", "lightning_post.cmd.run"},
+             "lightning_post.cmd.run": set(), "lightning_post.rec.d": {"lightning_post"}, "lightning_post": set()}
+    assert layer_breaks(graph, table) == {("lightning_post.data.c", "lightning_post.cmd.run"),
+                                          ("lightning_post.rec.d", "lightning_post")}
+
+
+def test_every_module_has_a_layer():
+    table = layer_table(ARCHITECTURE.read_text(encoding="utf-8"))
+    missing = sorted(m for m in import_graph() if layer_of(m, table) is None)
+    assert not missing, f"modules in no layer of docs/architecture.md (add them to its table): {missing}"
+
+
+def test_no_module_imports_a_higher_layer():
+    table = layer_table(ARCHITECTURE.read_text(encoding="utf-8"))
+    found = layer_breaks(import_graph(), table)
+    shown = ", ".join(f"{a} (layer {layer_of(a, table)}) -> {b} (layer {layer_of(b, table)})" for a, b in sorted(found))
+    assert not found, f"imports of a higher layer (docs/architecture.md, function-level imports included): {shown}"
+
+
+def test_records_are_pure():
+    """records/ imports nothing of the package but ``errors`` and itself, and no torch: a data module, a scorer or a
+    command may use a record function without what they carry."""
+    graph = import_graph()
+    outside = sorted((m, t) for m, targets in graph.items() if m.startswith("lightning_post.records")
+                     for t in targets if not t.startswith("lightning_post.records") and t != "lightning_post.errors")
+    assert not outside, f"records/ imports more of the package than errors: {outside}"
+    torch = sorted(p.name for p in (PACKAGE / "records").glob("*.py")
+                   if re.search(r"^\s*(import torch|from torch\b)", p.read_text(encoding="utf-8"), re.M))
+    assert not torch, f"records/ modules that import torch: {torch}"

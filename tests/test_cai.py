@@ -16,8 +16,8 @@ from lightning_post.cai.constitution import (
 from lightning_post.cai.loop import ai_feedback, choose_principle, critique_revision, soft_label
 from lightning_post.generation import ChatGenerator
 from lightning_post.data.appendable import AppendableJsonl
-from lightning_post.data.cai import load_prompt_items, prompt_id
-from lightning_post.data.records import DataError
+from lightning_post.records.prompts import load_prompt_items, prompt_id
+from lightning_post.records.files import DataError
 from tests.conftest import CONFIGS, SHARED_DATA
 from tests.cli_runner import cli, client
 

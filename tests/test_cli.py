@@ -15,13 +15,14 @@ from tests.conftest import CONFIGS, ROOT
 
 def test_every_config_prints(tmp_path, monkeypatch):
     """Every shipped YAML parses (strategy overlays on top of the SFT config)."""
-    from lightning_post.evaluation.commands import COMMAND_CLASSES, parse_command
-    from lightning_post.pipeline import Pipeline
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.commands import command_classes, parse_command
+
+    classes = command_classes()  # "evaluate", ..., "pipeline", "data report", ...
 
     every = sorted(CONFIGS.rglob("*.yaml"))
     folder = {p: p.parent.relative_to(CONFIGS).as_posix() for p in every}
-    commands = {p: name for p in every for name in COMMAND_CLASSES if folder[p] == name.replace("-", "_")}
+    commands = {p: name for p in every for name in classes
+                if name != "pipeline" and folder[p] == name.replace("-", "_")}
     data = {p: p.stem for p in every if folder[p] == "data"}
     pipelines = [p for p in every if folder[p] == "pipeline"]
     method_overlays = {CONFIGS / "sft/jailbreak.yaml": CONFIGS / "sft/default.yaml"}  # overlay -> the config it changes
@@ -34,7 +35,7 @@ def test_every_config_prints(tmp_path, monkeypatch):
     assert [p.name for p in pipelines] == ["default.yaml", "safety.yaml", "tiny.yaml", "tiny_safety.yaml"]
     monkeypatch.chdir(ROOT)  # a pipeline's stage configs are paths from the repository root
     for cfg in pipelines:
-        pipe = parse_command("pipeline", ["--config", str(cfg)], {"pipeline": Pipeline})[1]
+        pipe = parse_command("pipeline", ["--config", str(cfg)])[1]
         assert {c for s in pipe.stages for c in s.configs} <= {f"configs/{p.relative_to(CONFIGS).as_posix()}"
                                                                for p in every}, cfg
     for overlay, config in method_overlays.items():  # the overlay's values land on top of its config
@@ -49,9 +50,9 @@ def test_every_config_prints(tmp_path, monkeypatch):
                                                                 "jailbreak-data", "jailbreak-data", "redteam", "redteam"]
     assert sorted(data.values()) == ["label", "report"]
     for cfg, name in commands.items():  # evaluate / abtest configs parse into their command
-        assert isinstance(parse_command(name, ["--config", str(cfg)])[1], COMMAND_CLASSES[name]), cfg
+        assert isinstance(parse_command(name, ["--config", str(cfg)])[1], classes[name]), cfg
     for cfg, name in data.items():  # lightning-post data <name> configs
-        assert isinstance(parse_command(name, ["--config", str(cfg)], DATA_COMMANDS)[1], DATA_COMMANDS[name]), cfg
+        assert isinstance(parse_command(f"data {name}", ["--config", str(cfg)])[1], classes[f"data {name}"]), cfg
     for cfg in base:
         out = cli(["fit", "--config", str(cfg), "--print_config"], tmp_path)
         assert "class_path: lightning_post." in out.stdout, cfg
@@ -171,7 +172,7 @@ def test_test_stage_reports_loss_perplexity_and_samples(tiny_run):
     # generation metrics of the test stage: answers to the test prompts scored against their references
     for key in ("test/bleu", "test/corpus_bleu", "test/rouge1", "test/rouge2", "test/rougeL", "test/bertscore"):
         assert key in test_run.data.metrics, key
-    from lightning_post.evaluation.text_metrics import sentence_bleu, sentence_rouge
+    from lightning_post.scoring.text_metrics import sentence_bleu, sentence_rouge
 
     table = json.loads(Path(c.download_artifacts(test_run.info.run_id, "test_generations.json", str(cwd))).read_text())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]

@@ -42,18 +42,50 @@ def test_help_lists_every_command_and_each_one_answers_its_own_help(capsys):
     assert code == 0
     listed = re.findall(r"^  ([a-z-]+)  +\S", out, re.M)
     assert listed[:len(ALL)] == ALL  # every command, in the table's order, then the options
-    from lightning_post.evaluation.commands import COMMAND_CLASSES
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.commands import command_classes
 
-    # the table names exactly the commands that exist: the tools' registry, data's registry, and the rest
-    assert set(cli.TOOL_COMMANDS) == {*COMMAND_CLASSES, "pipeline", "data", "runs"}
-    assert list(cli.DATA_COMMANDS) == list(DATA_COMMANDS)
+    # the table names exactly the commands of the registry, and each one's target imports: a command class for the
+    # tools and data commands, a function of the arguments for training and runs
+    classes = command_classes()
+    assert set(cli.TOOL_COMMANDS) == {*(n for n in classes if " " not in n), "data", "runs"}
+    assert [f"data {n}" for n in cli.DATA_COMMANDS] == [n for n in classes if n.startswith("data ")]
+    assert all(callable(cli.TRAINING_COMMANDS[n].load()) for n in cli.TRAINING_COMMANDS)
+    assert callable(cli.TOOL_COMMANDS["runs"].load())
     helps = [[c] for c in ALL if c != "data"] + [["data", d] for d in cli.DATA_COMMANDS] + [["data"]]
     for argv in helps:
         code, out, err = run_out(argv + ["--help"], capsys)
         usage = re.match(r"usage: lightning-post (\[options\] )?" + " ".join(argv), out)
         assert code == 0 and usage, (argv, out[:300], err[-500:])
         assert not MARKUP.search(out), (argv, MARKUP.search(out).group(0), out[:2000])
+
+
+def test_shared_settings_are_listed_in_each_command_in_its_own_words(capsys):
+    """The settings several commands share (commands/base.py) are each command's own in --help and --print_config,
+    with the same default, and a command's own docstring words one where it means something particular to it."""
+    import yaml
+
+    helps = {}
+    for name in ("evaluate", "redteam", "jailbreak-data"):
+        code, out, _ = run_out([name, "--help"], capsys)
+        assert code == 0
+        helps[name] = " ".join(out.split())
+        for setting in ("--tracking_uri", "--run_name", "--run_id", "--seed", "--device", "--batch_size", "--dtype"):
+            assert setting in helps[name], (name, setting)
+    assert "seed of the bootstrap intervals." in helps["evaluate"]
+    assert "longest answer of the target." in helps["redteam"]
+    assert "parameter dtype of model." in helps["jailbreak-data"]
+    code, out, _ = run_out(["abtest", "--print_config"], capsys)
+    printed = yaml.safe_load(out)
+    assert {k: printed[k] for k in ("tracking_uri", "experiment_name", "output_dir", "seed", "batch_size", "device",
+                                    "max_new_tokens", "dtype", "overwrite", "run_name", "run_id")} == {
+        "tracking_uri": "sqlite:///mlruns/mlflow.db", "experiment_name": "abtest", "output_dir": "mlruns/abtest/latest",
+        "seed": 0, "batch_size": 16, "device": None, "max_new_tokens": 96, "dtype": "float32", "overwrite": False,
+        "run_name": None, "run_id": None}
+
+
+def test_runs_clean_through_the_front(tmp_path, capsys):
+    code, out, _ = run_out(["runs", "clean", "--tracking_uri", f"sqlite:///{tmp_path}/none.db"], capsys)
+    assert code == 0 and out.strip() == "0 stale run(s) marked KILLED"
 
 
 def test_version_names_ours_and_the_main_dependencies(capsys):

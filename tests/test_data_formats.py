@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from lightning_post.data.records import DataError
+from lightning_post.records.files import DataError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "data_formats.md"
 FENCE = re.compile(r"^```([A-Za-z]+)[ \t]+(\S+)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
@@ -102,7 +102,7 @@ def load_responses(path, records):
 
 
 def load_verdicts(path, records):
-    from lightning_post.evaluation.commands import ABTest
+    from lightning_post.commands.abtest import ABTest
     return ABTest._annotations(SimpleNamespace(annotations=path), len(records))
 
 
@@ -177,25 +177,14 @@ def check_crows_pairs(blocks: list[Block], tmp_path: Path):
 
 
 def _normalizers() -> dict[str, Callable]:
-    from lightning_post.data.feedback import normalize_feedback_event
-    from lightning_post.data.pairs import normalize_preference_record
-    from lightning_post.data.preference import normalize_scoring_record
-    from lightning_post.data.prompts import normalize_prompt_record
-    from lightning_post.data.records import normalize_instruction_record
-    from lightning_post.data.unpaired import normalize_unpaired_record
-    from lightning_post.quality.schema import normalize_annotation, normalize_pair
+    """The checker of each kind: every normaliser of the records registry (``NORMALIZERS``) on each example record,
+    and the loaders of the kinds read whole files."""
+    from lightning_post.records import NORMALIZERS
 
     return {
-        "instruction": per_record(normalize_instruction_record),
-        "preference": per_record(normalize_preference_record),
-        "scoring": per_record(normalize_scoring_record),
-        "prompt": per_record(normalize_prompt_record),
+        **{kind: per_record(normalize) for kind, normalize in NORMALIZERS.items()},
         "responses": per_file(".jsonl", load_responses),
-        "pair": per_record(normalize_pair),
-        "annotation": per_record(normalize_annotation),
         "verdict": per_file(".jsonl", load_verdicts),
-        "unpaired": per_record(normalize_unpaired_record),
-        "feedback": per_record(normalize_feedback_event),
         "multiple_choice": per_file(".jsonl", load_mc),
         "redteam_seed": per_file(".jsonl", load_seeds),
         "redteam_set": per_file(".jsonl", load_redteam_set),
@@ -299,7 +288,7 @@ def prompt_layout(rec: dict) -> str:
 
 
 def expect_prompt(rec: dict, out: dict) -> str:
-    from lightning_post.data.pairs import normalize_preference_record
+    from lightning_post.records.preference import normalize_preference_record
 
     layout = prompt_layout(rec)
     assert out["prompt"][-1]["role"] == "user"
@@ -456,8 +445,8 @@ def test_every_example_is_accepted_as_documented(kind, tmp_path):
 
 def test_concrete_normalised_values():
     """A few values spelt out, so a change of what a layout means shows up by name."""
-    from lightning_post.data.prompts import normalize_prompt_record
-    from lightning_post.data.records import normalize_instruction_record
+    from lightning_post.records.prompts import normalize_prompt_record
+    from lightning_post.records.instruction import normalize_instruction_record
 
     records = {json.dumps(r): r for b in page_blocks() if b.kind == "instruction" for _, r in b.records()}
     by_layout = {instruction_layout(r): r for r in records.values()}

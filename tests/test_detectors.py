@@ -23,7 +23,7 @@ from importlib import resources
 
 import pytest
 
-from lightning_post.evaluation.safety import find_pii, is_refusal
+from lightning_post.scoring.detectors import find_pii, is_refusal
 
 LABELS = ("refusal", "partial", "helpful")
 

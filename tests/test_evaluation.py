@@ -10,10 +10,11 @@ import pytest
 import torch
 from scipy.stats import binomtest  # installed with mlflow
 
-from lightning_post.data.records import DataError
+from lightning_post.records.files import DataError
 from lightning_post.evaluation.abtest import ab_statistics, recommend, safety_regressions
 from lightning_post.evaluation.knowledge import default_mc_file, evaluate_mc, load_mc
-from lightning_post.evaluation.safety import crows_pairs_bias, find_pii, is_refusal, jailbreak, sentence_logprobs
+from lightning_post.evaluation.safety import crows_pairs_bias, jailbreak, sentence_logprobs
+from lightning_post.scoring.detectors import find_pii, is_refusal
 from lightning_post.generation import ChatGenerator
 from lightning_post.stats import binomial_test, bootstrap_interval, sign_test_sample_size, wilson_interval
 from tests.conftest import CONFIGS
@@ -211,7 +212,7 @@ def test_test_stage_prompts_and_references_from_batches(tokenizer):
     preference batches give their chosen rows; packed rows are skipped."""
     from lightning_post.callbacks.test_metrics import prompts_and_references
     from lightning_post.data.collate import collate_rows
-    from lightning_post.data.tokenize import Tokenized
+    from lightning_post.records.tokenize import Tokenized
 
     enc = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
     p1, r1, p2, r2 = enc("User: hi"), enc(" Hello!"), enc(" User: and?"), enc(" More.")

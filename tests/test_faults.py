@@ -159,7 +159,8 @@ def test_export_refuses_a_users_folder_before_training(tmp_path, monkeypatch, ca
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", ""])
 def test_pipeline_stage_names_stay_inside_output_dir(tmp_path, name):
-    from lightning_post.pipeline import Pipeline, PipelineError
+    from lightning_post.commands.pipeline import Pipeline
+    from lightning_post.pipeline import PipelineError
 
     with pytest.raises(PipelineError, match="must be a plain folder name"):
         Pipeline([{"name": name, "command": "fit", "config": str(CONFIGS / "sft/tiny.yaml")}],
@@ -167,7 +168,8 @@ def test_pipeline_stage_names_stay_inside_output_dir(tmp_path, name):
 
 
 def test_corrupt_pipeline_state_is_named(tmp_path):
-    from lightning_post.pipeline import Pipeline, PipelineError
+    from lightning_post.commands.pipeline import Pipeline
+    from lightning_post.pipeline import PipelineError
 
     out = tmp_path / "p"
     out.mkdir()

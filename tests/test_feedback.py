@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lightning_post.data.feedback import (
+from lightning_post.records.feedback import (
     feedback_report,
     load_feedback,
     normalize_feedback_event,
@@ -15,8 +15,8 @@ from lightning_post.data.feedback import (
     to_sft,
     to_unpaired,
 )
-from lightning_post.data.records import DataError
-from lightning_post.data.unpaired import normalize_unpaired_record
+from lightning_post.records.files import DataError
+from lightning_post.records.unpaired import normalize_unpaired_record
 from lightning_post.feedback_cli import main
 from tests.conftest import write_jsonl
 

@@ -46,7 +46,7 @@ def test_reference_point_uses_the_mismatched_rows(tiny_path, unpaired_jsonl):
     """z0 = max(0, mean_i [log pi(y_j|x_i) - log pi_ref(y_j|x_i)]) over the batch's mismatched rows: prompt i with
     completion j = (i + 1) mod B, each row's log-probs from one plain forward of the LoRA policy and of the base model
     (the reference). The matched rows (j = i) would give another value."""
-    from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized
+    from lightning_post.records.tokenize import IGNORE_INDEX, Tokenized
     from tests.test_preference_training import base_lm, plain_logps
 
     module = KTOModule(tiny_path, peft=LORA)

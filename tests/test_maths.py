@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_post.data.collate import attention_bias, collate_rows, pack_greedy, split_batch
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized
+from lightning_post.records.tokenize import IGNORE_INDEX, Tokenized
 from lightning_post.losses.sft import token_cross_entropy
 from lightning_post.optim import lr_multiplier
 from lightning_post.tracking import flatten

@@ -8,16 +8,12 @@ import json
 import pytest
 
 from lightning_post.data.collate import collate_pairs, split_pairs
-from lightning_post.data.pairs import (
-    PairStats,
-    normalize_preference_record,
-    split_hh_dialogue,
-    tokenize_pair,
-    truncate_pair,
-)
+from lightning_post.records.chat import split_hh_dialogue
+from lightning_post.records.preference import normalize_preference_record
+from lightning_post.records.tokenize import PairStats, tokenize_pair, truncate_pair
 from lightning_post.data.preference import PreferenceDataModule
-from lightning_post.data.records import DataError
-from lightning_post.data.tokenize import IGNORE_INDEX
+from lightning_post.records.files import DataError
+from lightning_post.records.tokenize import IGNORE_INDEX
 from tests.conftest import SHARED_DATA, write_jsonl
 
 HH = SHARED_DATA / "preference" / "hh_rlhf_harmless_base_test.jsonl.gz"

@@ -28,7 +28,8 @@ def _pipeline_yaml(cwd: Path, pairs: Path) -> Path:
 
 
 def test_bad_descriptions_are_refused_before_anything_runs(tmp_path, monkeypatch):
-    from lightning_post.pipeline import Pipeline, PipelineError
+    from lightning_post.commands.pipeline import Pipeline
+    from lightning_post.pipeline import PipelineError
 
     monkeypatch.chdir(ROOT)
     sft = {"name": "sft", "config": "configs/sft/tiny.yaml"}
@@ -54,7 +55,7 @@ def test_a_stage_with_a_base_config_and_an_overlay(tmp_path, monkeypatch):
     """``config: [base, overlay]`` passes both to the command in order, and the stage reruns when either changes."""
     import shutil
 
-    from lightning_post.pipeline import Pipeline
+    from lightning_post.commands.pipeline import Pipeline
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs" / "sft").mkdir(parents=True)
@@ -78,7 +79,7 @@ def test_two_pipelines_in_one_process_write_to_their_own_folders_store(tmp_path,
     """The default ``sqlite:///mlruns/mlflow.db`` is the store of the folder the pipeline runs in, also for a second
     pipeline in the same process after a chdir (MLflow keeps a store per URI string: a relative URI reached the first
     folder's store, and the stages, started in the second folder, could not find their runs)."""
-    from lightning_post.pipeline import Pipeline
+    from lightning_post.commands.pipeline import Pipeline
 
     stages = [{"name": "sft", "config": str(ROOT / "configs" / "sft/tiny.yaml")}]
     for name in ("one", "two"):
@@ -94,7 +95,7 @@ def test_two_pipelines_in_one_process_write_to_their_own_folders_store(tmp_path,
 def test_parent_metrics_name_the_stage_once(tmp_path, monkeypatch):
     """The parent run holds ``<stage>/<metric>``: a command's metrics already under the stage's or the command's name
     (``redteam/attack_success_rate``) are not prefixed twice (they were ``redteam/redteam/...``)."""
-    from lightning_post.pipeline import Pipeline
+    from lightning_post.commands.pipeline import Pipeline
 
     monkeypatch.chdir(tmp_path)
     stages = [{"name": "redteam", "command": "redteam"}, {"name": "jailbreak_data", "command": "jailbreak-data"},

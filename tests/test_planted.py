@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from lightning_post.evaluation.commands import run_command
+from lightning_post.commands import run_command
 from tests import planted as P
 from tests.conftest import CONFIGS
 from tests.cli_runner import client

@@ -12,10 +12,10 @@ import torch
 
 from lightning_post import PeftSettings, PPOModule, PreferenceDataModule, PromptDataModule, RewardModule
 from lightning_post.data.collate import collate_pairs
-from lightning_post.data.prompts import normalize_prompt_record
-from lightning_post.data.records import DataError
+from lightning_post.records.prompts import normalize_prompt_record
+from lightning_post.records.files import DataError
 from lightning_post.optim import OptimSettings
-from lightning_post.rewards import RewardModelScorer, token_fraction
+from lightning_post.scoring.rewards import RewardModelScorer, token_fraction
 from tests.conftest import CONFIGS, write_jsonl
 from tests.cli_runner import cli, client
 
@@ -27,7 +27,7 @@ def ppo(tiny_path, **kw) -> PPOModule:
     kw.setdefault("estimator", "gae")
     kw.setdefault("samples_per_prompt", 4)
     return PPOModule(tiny_path, optim=OptimSettings(lr=0.003, warmup_steps=0, schedule="constant"),
-                     reward_fn="lightning_post.rewards:token_fraction", reward_fn_kwargs={"token_ids": [NEWLINE]},
+                     reward_fn="lightning_post.scoring.rewards:token_fraction", reward_fn_kwargs={"token_ids": [NEWLINE]},
                      max_new_tokens=8, temperature=0.1, kl_coef=0.01, log_rollouts_every_n_steps=0, **kw)
 
 

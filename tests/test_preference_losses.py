@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_post.losses.preference import DPO_LOSSES, REFERENCE_FREE, bradley_terry_loss, implicit_rewards
+from lightning_post.losses.preference import (
+    DPO_LOSSES, PAIR_INPUTS, REFERENCE_FREE, bradley_terry_loss, dpo_loss_settings, implicit_rewards,
+)
+from lightning_post.losses.settings import pick_settings
 
 # Two pairs. Pair 0: z = (-5 - -7) - (-6 - -6.5) = 2 - 0.5 = 1.5. Pair 1: z = (-3 - -2) - (-3 - -3) = -1.
 PC, PR = torch.tensor([-5.0, -3.0]), torch.tensor([-7.0, -2.0])
@@ -154,7 +157,9 @@ def test_matches_trl_formula(loss_type):
             ls = 0.0  # TRL 1.16 ignores label smoothing for these (ours: cDPO, tested by hand above)
         if loss_type == "exo_pair" and ls == 0:
             ls = 1e-3
-        ours = DPO_LOSSES[loss_type](pc, pr, rc, rr, beta=beta, label_smoothing=ls, gamma=gamma, tau=tau)
+        fn = DPO_LOSSES[loss_type]  # each loss takes only the settings it declares, as DPOModule passes them
+        ours = fn(pc, pr, rc, rr, **pick_settings(fn, len(PAIR_INPUTS), dict(beta=beta, label_smoothing=ls,
+                                                                              gamma=gamma, tau=tau)))
         assert torch.allclose(ours, trl_1_16(loss_type, pc, pr, rc, rr, beta, ls, gamma, tau), atol=1e-6, rtol=0)
 
 
@@ -185,7 +190,8 @@ BY_HAND = {
 
 @pytest.mark.parametrize("loss_type", sorted(BY_HAND))
 def test_new_losses_by_hand(loss_type):
-    loss = DPO_LOSSES[loss_type](PC, PR, RC, RR, beta=1.0, tau=0.05)
+    fn = DPO_LOSSES[loss_type]
+    loss = fn(PC, PR, RC, RR, **pick_settings(fn, len(PAIR_INPUTS), dict(beta=1.0, tau=0.05)))
     assert loss.tolist() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
 
 
@@ -255,3 +261,41 @@ def test_soft_labels_as_label_smoothing_by_hand():
     args = [torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-3.0])]
     got = DPO_LOSSES["sigmoid"](*args, beta=1.0, label_smoothing=soft_label_smoothing(torch.tensor([0.8]), 0.0))
     assert got.item() == pytest.approx(0.8 * sp(-1.0) + 0.2 * sp(1.0), abs=1e-6)
+
+
+# ---- settings: each loss declares exactly those it reads ------------------------------------------------------------
+READS = {  # which of the shared settings each loss's formula uses (its docstring), written out by hand
+    "sigmoid": {"beta", "label_smoothing"}, "robust": {"beta", "label_smoothing"}, "hinge": {"beta"}, "ipo": {"beta"},
+    "simpo": {"beta", "label_smoothing", "gamma"}, "exo_pair": {"beta", "label_smoothing"}, "nca_pair": {"beta"},
+    "bco_pair": {"beta"}, "sppo_hard": {"beta"}, "aot": {"beta", "label_smoothing"},
+    "aot_unpaired": {"beta", "label_smoothing"}, "apo_zero": {"beta"}, "apo_down": {"beta"},
+    "discopop": {"beta", "tau"}, "sigmoid_norm": {"beta"}, "orpo": {"beta"},
+}
+
+
+def test_every_loss_declares_exactly_the_settings_it_reads():
+    assert set(READS) == set(DPO_LOSSES)
+    for loss_type, reads in READS.items():
+        assert set(dpo_loss_settings(loss_type)) == reads, loss_type
+
+
+def test_a_misspelled_setting_is_an_error_not_swallowed():
+    with pytest.raises(TypeError, match="label_smothing"):
+        DPO_LOSSES["sigmoid"](PC, PR, RC, RR, beta=0.1, label_smothing=0.2)
+
+
+def test_settings_are_read_from_the_signature():
+    """simpo's defaults are those of its signature; a loss with ``**kwargs`` is refused (it would swallow a typo)."""
+    from lightning_post.losses.settings import REQUIRED, loss_settings
+
+    assert dpo_loss_settings("simpo") == {"beta": 2.0, "label_smoothing": 0.0, "gamma": 0.5}
+
+    def needs_alpha(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, *, alpha):
+        return policy_chosen
+
+    def loose(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, **_):
+        return policy_chosen
+
+    assert loss_settings(needs_alpha, 4) == {"beta": 0.1, "alpha": REQUIRED}
+    with pytest.raises(TypeError, match=r"loss loose takes \*\*_"):
+        loss_settings(loose, 4)

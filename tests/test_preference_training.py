@@ -374,3 +374,58 @@ def test_soft_labels_reach_the_dpo_and_reward_losses(tiny_path, tmp_path):
     by_hand = sum(pi * math.log1p(math.exp(-(c - r))) + (1 - pi) * math.log1p(math.exp(c - r))
                   for pi, c, r in zip(p.tolist(), *alone))
     assert got == pytest.approx(by_hand, rel=1e-5)
+
+
+# ---- a loss with a setting of its own, registered by the test alone ------------------------------------------------
+def margin_hinge_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1, alpha=0.3):
+    """A loss that is not in the package: ``max(0, alpha - beta z)``, with its own setting ``alpha``."""
+    z = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    return torch.relu(alpha - beta * z)
+
+
+def dpo_from_yaml(text: str) -> DPOModule:
+    """A DPOModule built from YAML the way the training CLI builds it (jsonargparse over the signature)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(DPOModule, "model")
+    return parser.instantiate_classes(parser.parse_string(text)).model
+
+
+def test_a_new_loss_with_its_own_setting_needs_only_its_registration(tiny_path, monkeypatch):
+    """Registering ``margin_hinge`` (above) in DPO_LOSSES is all it takes: YAML selects it and sets its ``alpha``
+    through ``loss_settings``, and DPOModule passes it exactly the settings it declares. By hand, on the pairs of
+    test_preference_losses (z = [1.5, -1]) with beta = 1: alpha = 0.7 gives max(0, 0.7 - 1.5) = 0 and
+    max(0, 0.7 + 1) = 1.7; without loss_settings the signature's default alpha = 0.3 gives [0, 1.3]. A misspelled
+    setting, or a shared one that the loss does not read, is refused when the module is built."""
+    from lightning_post.errors import ConfigError
+    from lightning_post.losses.preference import DPO_LOSSES, dpo_loss_settings
+    from lightning_post.methods.dpo import combined_preference_loss
+
+    monkeypatch.setitem(DPO_LOSSES, "margin_hinge", margin_hinge_loss)
+    assert dpo_loss_settings("margin_hinge") == {"beta": 0.1, "alpha": 0.3}  # discoverable from the registry
+    sums = torch.tensor([-5.0, -3.0, -7.0, -2.0])  # [chosen; rejected]
+    ref_sums, counts = torch.tensor([-6.0, -3.0, -6.5, -3.0]), torch.tensor([3, 3, 3, 3])
+    def build(loss_type="margin_hinge", more=""):
+        return dpo_from_yaml(f"model:\n  model_name_or_path: {tiny_path}\n  beta: 1.0\n  loss_type: {loss_type}\n{more}")
+
+    def losses(module):
+        return combined_preference_loss(module.loss_types, module.loss_weights, sums, ref_sums, counts,
+                                        **module._settings()).tolist()
+
+    assert losses(build(more="  loss_settings: {alpha: 0.7}\n")) == pytest.approx([0.0, 1.7], abs=1e-6)
+    assert losses(build()) == pytest.approx([0.0, 1.3], abs=1e-6)
+    mixed = build("[margin_hinge, sigmoid]", "  loss_settings: {alpha: 0.7}\n")
+    sigmoid = [math.log1p(math.exp(-1.5)), math.log1p(math.exp(1.0))]  # -log sigma(z): alpha is not passed to it
+    assert losses(mixed) == pytest.approx([0.0 + sigmoid[0], 1.7 + sigmoid[1]], abs=1e-6)
+    with pytest.raises(ConfigError, match="model.loss_settings.alpah: not a setting of loss_type margin_hinge; "
+                                          "it reads alpha, beta"):
+        build(more="  loss_settings: {alpah: 0.7}\n")
+    with pytest.raises(ConfigError, match=r"model.simpo_gamma: 1.0 is not used by loss_type margin_hinge \(a "
+                                          r"setting of simpo\)"):
+        build(more="  simpo_gamma: 1.0\n")
+    with pytest.raises(ConfigError, match="model.loss_settings.tau: set it as model.discopop_tau"):
+        build("discopop", "  loss_settings: {tau: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"model.loss_settings.alpha: not a setting of loss_type sigmoid \(a "
+                                          r"setting of margin_hinge\)"):
+        build("sigmoid", "  loss_settings: {alpha: 0.7}\n")

@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from lightning_post.data.records import DataError
+from lightning_post.records.files import DataError
 from lightning_post.quality.collect import build_pairs, confidence_of, label_pairs
 from lightning_post.quality.report import QualityGate, gate_findings, quality_report
-from lightning_post.quality.schema import (
+from lightning_post.records.annotations import (
     annotations_from_preferences, load_annotations, normalize_annotation, to_preference_records,
 )
 from lightning_post.quality.stats import (
@@ -174,7 +174,7 @@ def test_bad_annotation_files_stop_with_file_line_and_field(tmp_path, change, fi
 
 
 def test_conversion_to_training_pairs(tmp_path):
-    from lightning_post.data.preference import load_preference_records
+    from lightning_post.records.preference import load_preference_records
 
     anns = [ann("m1", "m2", "B", confidence=4, criteria={"honesty": "A"}), ann("m1", "m3", "Tie", confidence=2),
             ann("m2", "m3", "A")]
@@ -245,7 +245,7 @@ def tiny_reward(tiny_path, tmp_path_factory):
 
 def _swapped(pairs: list[dict]) -> list[dict]:
     """The same comparisons with the answers shown the other way round."""
-    from lightning_post.quality.schema import normalize_pair
+    from lightning_post.records.annotations import normalize_pair
 
     return [normalize_pair({"prompt_id": p["prompt_id"], "prompt": p["prompt"], "response_a": p["response_b"],
                             "response_b": p["response_a"], "model_a": p["model_b"], "model_b": p["model_a"]}, "swap")
@@ -266,7 +266,7 @@ class _FixedRewards:
 
 
 def test_reward_model_judge_labels_are_bradley_terry_of_its_scores(tiny_reward):
-    from lightning_post.evaluation.judges import RewardModelJudge
+    from lightning_post.scoring.judges import RewardModelJudge
 
     # scores m1 = 2, m2 = 0, m3 = 2 by hand: P(A better) = sigmoid(r_A - r_B); sigmoid(2) = 1 / (1 + e^-2) =
     # 1 / 1.135335 = 0.880797 -> A, confidence 1 + floor(10 * 0.380797) = 4; sigmoid(-2) = 0.119203 -> B, 4;
@@ -321,7 +321,7 @@ class _PositionBiasedLM:
 
 
 def test_llm_judge_labels_both_orders_criteria_and_single_order(tiny_path):
-    from lightning_post.evaluation.judges import LLMJudge
+    from lightning_post.scoring.judges import LLMJudge
 
     # both orders: p_a = (P(A | A first) + P(A | A second)) / 2 = 1/2 + q[A] - q[B], the bias of 0.15 cancels;
     # one order: p_first = 1/2 + q[A] - q[B] + 0.15. Confidence 1 + floor(10 |p - 1/2|).
@@ -357,8 +357,7 @@ def test_llm_judge_labels_both_orders_criteria_and_single_order(tiny_path):
 
 # ---- commands -------------------------------------------------------------------------------------------------------
 def test_report_command_writes_json_page_plots_and_mlflow_run(tmp_path):
-    from lightning_post.evaluation.commands import run_command
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.commands import run_command
 
     rng = random.Random(0)
     people = []
@@ -371,8 +370,7 @@ def test_report_command_writes_json_page_plots_and_mlflow_run(tmp_path):
                            "confidence": 1 + i % 5})
     path = write_jsonl(tmp_path / "people.jsonl", people)
     out, db = tmp_path / "report", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    report = run_command("report", ["--annotations", str(path), "--output_dir", str(out), "--tracking_uri", db],
-                         DATA_COMMANDS)
+    report = run_command("data report", ["--annotations", str(path), "--output_dir", str(out), "--tracking_uri", db])
     saved = json.loads((out / "report.json").read_text())
     assert saved["bias"]["model_win_rates"]["m1"]["win_rate"] == report["bias"]["model_win_rates"]["m1"]["win_rate"]
     assert saved["agreement"]["overall"]["kappa_kind"] == "cohen"
@@ -389,21 +387,20 @@ def test_report_command_writes_json_page_plots_and_mlflow_run(tmp_path):
     # the answers of m1 grow with i: a gate on length bias fails the command, after the report is written
     gated = tmp_path / "gated"
     with pytest.raises(DataError, match="quality gate failed"):
-        run_command("report", ["--annotations", str(path), "--output_dir", str(gated), "--tracking_uri", db,
-                               "--gate.mode", "fail", "--gate.max_length_bias", "0.05"], DATA_COMMANDS)
+        run_command("data report", ["--annotations", str(path), "--output_dir", str(gated), "--tracking_uri", db,
+                               "--gate.mode", "fail", "--gate.max_length_bias", "0.05"])
     assert json.loads((gated / "report.json").read_text())["gate"]["findings"]
 
 
 def test_pairs_label_convert_commands_on_the_tiny_model(tmp_path, tiny_path):
-    from lightning_post.evaluation.commands import run_command
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.commands import run_command
 
     words = ("yes", "no", "maybe")
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say {w}."} for w in words])
     pairs = tmp_path / "pairs.jsonl"
     models = [tiny_path, "tiny-llama"]  # the same network under two names; sampling makes their answers differ
-    summary = run_command("pairs", ["--models", json.dumps(models), "--prompts", str(prompts),
-                                    "--output", str(pairs), "--max_new_tokens", "6", "--temperature", "1.0"], DATA_COMMANDS)
+    summary = run_command("data pairs", ["--models", json.dumps(models), "--prompts", str(prompts),
+                                    "--output", str(pairs), "--max_new_tokens", "6", "--temperature", "1.0"])
     assert summary == {"answers": 6, "pairs": 3, "prompts": 3, "models": sorted(models), "output": str(pairs)}
     # 3 prompts x 2 models answered; one pair per prompt, showing each model's own answer on its recorded side
     answers = {(r["prompt"][-1]["content"], r["model"]): r["response"]
@@ -416,7 +413,7 @@ def test_pairs_label_convert_commands_on_the_tiny_model(tmp_path, tiny_path):
         assert (p["response_a"], p["response_b"]) == (answers[p["prompt"][-1]["content"], p["model_a"]],
                                                       answers[p["prompt"][-1]["content"], p["model_b"]])
     labels = tmp_path / "labels.jsonl"
-    run_command("label", ["--pairs", str(pairs), "--judge_model", tiny_path, "--output", str(labels)], DATA_COMMANDS)
+    run_command("data label", ["--pairs", str(pairs), "--judge_model", tiny_path, "--output", str(labels)])
     anns = [a for _, a in load_annotations([str(labels)])]
     # the random 2-layer judge barely tells answers apart: asked in both orders its position preference cancels and
     # P(A better) stays within 1e-3 of 1/2 (about 1e-5 measured), far inside the default tie band of 0.05 -> every
@@ -425,15 +422,13 @@ def test_pairs_label_convert_commands_on_the_tiny_model(tmp_path, tiny_path):
         [(p["pair_id"], p["response_a"], p["response_b"]) for p in made]
     assert {(a["annotator"], a["overall"], a["confidence"]) for a in anns} == {("llm:tiny-llama", "Tie", 1)}
     train = tmp_path / "train.jsonl"
-    got = run_command("convert", ["--annotations", str(labels), "--output", str(train), "--ties", "half"],
-                      DATA_COMMANDS)
+    got = run_command("data convert", ["--annotations", str(labels), "--output", str(train), "--ties", "half"])
     assert got == {"annotations": 3, "pairs": 3, "output": str(train)}
     # ties kept as soft labels 0.5, the answers in their shown order
     rows = [json.loads(line) for line in train.read_text().splitlines()]
     assert [(r["chosen"], r["rejected"], r["label"], r["pair_id"]) for r in rows] == \
         [(p["response_a"], p["response_b"], 0.5, p["pair_id"]) for p in made]
-    dropped = run_command("convert", ["--annotations", str(labels), "--output", str(tmp_path / "drop.jsonl")],
-                          DATA_COMMANDS)
+    dropped = run_command("data convert", ["--annotations", str(labels), "--output", str(tmp_path / "drop.jsonl")])
     assert dropped["pairs"] == 0  # ties are dropped by default
 
 
@@ -447,8 +442,7 @@ def _strict_json(text: str):
 def test_report_command_on_models_named_by_their_folders(tmp_path):
     """``data pairs --models <export folders>`` records folder paths as model names: the report's MLflow keys use
     the folder's name (numbered where two agree), and the run records which key is which model."""
-    from lightning_post.evaluation.commands import run_command
-    from lightning_post.quality.commands import DATA_COMMANDS
+    from lightning_post.commands import run_command
 
     models = [str(tmp_path / "exports" / "sft" / "model"), str(tmp_path / "pipelines" / "x" / "sft" / "export"
                                                                 / "model"), "smollm2-135m-instruct"]
@@ -461,8 +455,7 @@ def test_report_command_on_models_named_by_their_folders(tmp_path):
                      "annotator": ("llm:/models/judge", "ann-1")[i % 2]})
     path = write_jsonl(tmp_path / "judged.jsonl", rows)
     out, db = tmp_path / "report", f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    report = run_command("report", ["--annotations", str(path), "--output_dir", str(out), "--tracking_uri", db],
-                         DATA_COMMANDS)
+    report = run_command("data report", ["--annotations", str(path), "--output_dir", str(out), "--tracking_uri", db])
     saved = _strict_json((out / "report.json").read_text())
     run = client(tmp_path).get_run(saved["mlflow_run_id"])
     rates = report["bias"]["model_win_rates"]
@@ -513,8 +506,9 @@ def test_preference_data_module_gate_fails_or_warns_before_training(tmp_path, ti
 
 def test_real_human_preferences_length_bias_counts():
     """HH-RLHF harmless test pairs: the report's count of people choosing the longer reply equals a direct count."""
-    from lightning_post.data.pairs import normalize_preference_record, split_hh_dialogue
-    from lightning_post.data.records import json_lines
+    from lightning_post.records.chat import split_hh_dialogue
+    from lightning_post.records.preference import normalize_preference_record
+    from lightning_post.records.files import json_lines
 
     located = list(json_lines(SHARED_DATA / "preference" / "hh_rlhf_harmless_base_test.jsonl.gz"))
     k = n = malformed = 0

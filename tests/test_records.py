@@ -5,7 +5,8 @@ import json
 import datasets
 import pytest
 
-from lightning_post.data.records import DataError, load_instruction_records
+from lightning_post.records.files import DataError
+from lightning_post.records.instruction import load_instruction_records
 from tests.conftest import write_jsonl
 
 GOOD = {"instruction": "Say hi.", "response": "Hi."}

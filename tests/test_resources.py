@@ -4,8 +4,8 @@ import json
 from collections import Counter
 from importlib import resources
 
-from lightning_post.data.instruction import default_instruction_file
-from lightning_post.data.records import load_instruction_records
+from lightning_post.records.files import default_instruction_file
+from lightning_post.records.instruction import load_instruction_records
 
 
 def test_bundled_instructions():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_post.data.safety import SafetyFilter, apply_safety_filter, filter_splits, model_classifier
+from lightning_post.safety.filter import SafetyFilter, apply_safety_filter, filter_splits, model_classifier
 from tests.conftest import CONFIGS, write_jsonl
 from tests.cli_runner import cli, client
 
@@ -77,7 +77,7 @@ def test_reward_model_threshold_removes_exactly_the_low_scores(tmp_path, tiny_pa
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from lightning_post.rewards import RewardModelScorer
+    from lightning_post.scoring.rewards import RewardModelScorer
 
     torch.manual_seed(0)
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_path, num_labels=1)
@@ -108,6 +108,13 @@ def test_every_data_module_takes_the_filter(tmp_path, tiny_path):
                                safety_filter=SafetyFilter())
     dm.setup("fit")
     assert len(dm.splits["train"]) == 6 and dm.safety_report["splits"]["train"]["by_reason"] == {"pii:email": 2}
+    # what the data module declares for the run's MLflow record (trainer_cli.MLflowConfig writes it as it is)
+    record = dm.run_record("fit")
+    assert record.params["safety_filter/train_removed/pii_email"] == 2 and record.params["data/train_examples"] == 6
+    assert "data/invalid_pairs" not in record.params  # an instruction module keeps no skipped records
+    assert json.loads(record.artifacts["safety_filter/report.json"])["splits"]["train"]["removed"] == 2
+    assert record.datasets == [("train", str(instr), {"rows": 8}), ("val", str(instr), {"rows": 8})]  # no test
+    assert [split for split, _, _ in dm.run_record("test").datasets] == ["test"]
     dry = InstructionDataModule(tokenizer=tiny_path, train_files=str(instr), val_files=str(instr),
                                 safety_filter=SafetyFilter(dry_run=True))
     dry.setup("fit")

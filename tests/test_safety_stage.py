@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_post.evaluation.safety import is_refusal
+from lightning_post.scoring.detectors import is_refusal
 from lightning_post.safety.attacks import ATTACK_STYLES, _clean, dedupe
 from tests.conftest import CONFIGS, ROOT, write_jsonl
 from tests.cli_runner import cli, client

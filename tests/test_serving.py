@@ -107,7 +107,7 @@ def test_a_logged_reward_model_serves_its_scores(tmp_path, tracking):
 
     from lightning_post.callbacks.export import export_model
     from lightning_post.methods.reward import RewardModule
-    from lightning_post.rewards import RewardModelScorer
+    from lightning_post.scoring.rewards import RewardModelScorer
 
     module = RewardModule("tiny-llama")
     module.configure_model()

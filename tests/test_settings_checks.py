@@ -35,6 +35,7 @@ BAD_SETTINGS = [
     (TINY + ["--data.init_args.val_fraction=-0.5"], "data.val_fraction: must be in [0, 1)"),
     (TINY + ["--data.init_args.train_files=missing.jsonl"], "data.train_files: file missing.jsonl does not exist"),
     (TINY_DPO + ["--model.init_args.beta=-1"], "model.beta: must be > 0 (a negative beta trains toward the rejected"),
+    (TINY_DPO + ["--model.init_args.simpo_gamma=1.0"], "model.simpo_gamma: 1.0 is not used by loss_type sigmoid"),
 ]
 
 
@@ -84,7 +85,8 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path, monkeypatch, capsys
     ("array", "{f}: holds an empty list: no records"),
 ])
 def test_whole_file_problems_name_the_file(tmp_path, kind, message):
-    from lightning_post.data.records import DataError, load_instruction_records
+    from lightning_post.records.files import DataError
+    from lightning_post.records.instruction import load_instruction_records
 
     good = b'{"instruction": "a", "response": "b"}\n'
     name = {"gzip": "d.jsonl.gz", "array": "d.json"}.get(kind, "d.jsonl")
@@ -120,8 +122,8 @@ def test_abtest_refuses_zero_prompts_and_duplicate_verdicts(tmp_path, monkeypatc
 
 
 def test_annotations_of_identical_answers_are_refused(tmp_path):
-    from lightning_post.data.records import DataError
-    from lightning_post.quality.schema import load_annotations
+    from lightning_post.records.files import DataError
+    from lightning_post.records.annotations import load_annotations
 
     f = write_jsonl(tmp_path / "a.jsonl", [
         {"prompt": "Hi", "response_a": "Hello", "response_b": "Hey", "overall": "A", "annotator": "p1"},

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lightning_post import DPOModule, PeftSettings, SFTModule
 from lightning_post.data.collate import collate_rows
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized
+from lightning_post.records.tokenize import IGNORE_INDEX, Tokenized
 from lightning_post.losses.sft import linear_cross_entropy
 from lightning_post.models.attention import repad, unpad
 
@@ -125,7 +125,7 @@ def test_padding_free_sft_equals_padded_and_packed():
 
 def test_padding_free_dpo_log_probs_equal_padded():
     from lightning_post.data.collate import collate_pairs
-    from lightning_post.data.pairs import PairExample
+    from lightning_post.records.tokenize import PairExample
 
     ex = _examples([6, 11, 4, 9])
     pairs = [PairExample(chosen=ex[0], rejected=ex[1], index=0), PairExample(chosen=ex[2], rejected=ex[3], index=1)]
@@ -231,7 +231,7 @@ def test_padding_free_rewards_equal_transformers_scoring():
     last non-pad token), rows of different lengths and a pair batch alike; and so do their gradients."""
     from lightning_post import RewardModule
     from lightning_post.data.collate import collate_pairs
-    from lightning_post.data.pairs import PairExample
+    from lightning_post.records.tokenize import PairExample
 
     ex = _examples([6, 11, 4, 9])
     padded, free = _module(RewardModule, "sdpa"), _module(RewardModule, "sdpa_varlen")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_post.data.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, check_template, to_segments
+from lightning_post.records.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, check_template, to_segments
 
 REC = {"instruction": "Name a colour.", "input": "", "response": "Blue."}
 REC_IN = {"instruction": "Add the numbers.", "input": "2 3", "response": "5"}

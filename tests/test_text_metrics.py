@@ -12,7 +12,7 @@ import pytest
 from torchmetrics.functional.text import rouge_score
 
 from lightning_post.errors import ConfigError
-from lightning_post.evaluation.text_metrics import (
+from lightning_post.scoring.text_metrics import (
     BertScorer, check_bleu_tokenizers, corpus_bleu, rouge_tokens, script_language, sentence_bleu, sentence_rouge,
     text_metrics,
 )
@@ -116,7 +116,7 @@ def test_rouge_equals_torchmetrics_on_ascii_english():
 
 
 def test_every_bundled_korean_response_scores_rouge_1_against_itself():
-    from lightning_post.data.instruction import default_instruction_file
+    from lightning_post.records.files import default_instruction_file
 
     rows = [json.loads(line) for line in open(default_instruction_file(), encoding="utf-8")]
     korean = [r["response"] for r in rows if r.get("language") == "ko"]

@@ -1,7 +1,7 @@
 """Label masking checked token by token; BOS/EOS exactly once; truncation."""
 
-from lightning_post.data.templates import to_segments
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, tokenize_segments, truncate
+from lightning_post.records.templates import to_segments
+from lightning_post.records.tokenize import IGNORE_INDEX, Tokenized, tokenize_segments, truncate
 
 REC = {"instruction": "Name a colour.", "input": "", "response": "Blue."}
 

@@ -80,7 +80,7 @@ def test_same_seed_fits_get_different_readable_names(fits):
 
 
 def test_each_fit_logs_its_data_files_as_mlflow_datasets(fits):
-    from lightning_post.data.instruction import default_instruction_file
+    from lightning_post.records.files import default_instruction_file
     from lightning_post.tracking import file_digest
 
     cwd, data, (bundled, small, _) = fits

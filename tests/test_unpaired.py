@@ -2,8 +2,9 @@
 
 import pytest
 
-from lightning_post.data.records import DataError
-from lightning_post.data.unpaired import UnpairedExample, collate_unpaired, normalize_unpaired_record
+from lightning_post.records.files import DataError
+from lightning_post.data.unpaired import UnpairedExample, collate_unpaired
+from lightning_post.records.unpaired import normalize_unpaired_record
 
 
 @pytest.mark.parametrize("record, field", [

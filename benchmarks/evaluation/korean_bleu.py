@@ -18,7 +18,7 @@ import json
 import platform
 from pathlib import Path
 
-from lightning_post.evaluation.text_metrics import sentence_bleu, sentence_rouge
+from lightning_post.scoring.text_metrics import sentence_bleu, sentence_rouge
 
 ROOT = Path(__file__).resolve().parents[2]
 

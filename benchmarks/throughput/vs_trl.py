@@ -189,7 +189,7 @@ def prepare_sft(a, work: Path, n: int) -> tuple[Path, Path]:
     rows = rows[:n]
     text.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     dm = InstructionDataModule(train_files=str(text), template="raw", tokenizer=a.model, max_length=a.max_length)
-    from lightning_post.data.records import load_instruction_records
+    from lightning_post.records.instruction import load_instruction_records
 
     examples = dm.encode(load_instruction_records([text]), "bench")
     if len(examples) != len(rows):
@@ -203,8 +203,8 @@ def prepare_sft(a, work: Path, n: int) -> tuple[Path, Path]:
 
 def prepare_pairs(a, work: Path, n: int) -> Path:
     """The first HH-RLHF pairs whose both sides fit in ``max_length`` tokens, as prompt/chosen/rejected."""
-    from lightning_post.data.pairs import normalize_preference_record
-    from lightning_post.data.records import DataError
+    from lightning_post.records.preference import normalize_preference_record
+    from lightning_post.records.files import DataError
     from lightning_post.models.loading import load_tokenizer
 
     tok = load_tokenizer(a.model)

@@ -51,8 +51,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 from lightning_post.losses.kto import KTO_LOSSES, NEEDS_KL, kto_kl_estimate  # noqa: E402
 from lightning_post.losses.preference import (  # noqa: E402
-    DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, implicit_rewards,
+    DPO_LOSSES, LENGTH_NORMALISED, PAIR_INPUTS, REFERENCE_FREE, implicit_rewards,
 )
+
+from lightning_post.losses.settings import pick_settings  # noqa: E402
 
 warnings.filterwarnings("ignore")  # TRL's experimental-API notices
 import trl  # noqa: E402
@@ -190,7 +192,7 @@ def compare_dpo(dtype: torch.dtype, gen: torch.Generator) -> dict[str, dict]:
         trl_fn, trl_type = DPO_TO_TRL[name]
         worst = defaultdict(float)
         for s in dpo_settings(name):
-            ours = loss_fn(pc, pr, rc, rr, **s)
+            ours = loss_fn(pc, pr, rc, rr, **pick_settings(loss_fn, len(PAIR_INPUTS), s))
             ours_rewards = torch.cat([implicit_rewards(pc, rc, s["beta"]), implicit_rewards(pr, rr, s["beta"])])
             if trl_fn == "DPOTrainer._compute_loss":
                 this = stand_in_trainer(model, beta=s["beta"], loss_types=[trl_type], loss_weights=[1.0],

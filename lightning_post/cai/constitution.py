@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from lightning_post.data.records import DataError, read_text
+from lightning_post.records.files import DataError, read_text
 
 Messages = list[dict[str, str]]
 

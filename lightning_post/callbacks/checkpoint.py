@@ -25,6 +25,8 @@ from typing import Optional
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_post.models.loading import read_checkpoint
+
 log = logging.getLogger(__name__)
 
 # Lightning 2.6 warns at every periodic save under manual optimization that the checkpoint holds the state after the
@@ -185,28 +187,6 @@ class GracefulStop(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
-
-
-def read_checkpoint(path: str, setting: str = "ckpt_path") -> dict:
-    """A checkpoint's contents (tensors memory-mapped, so reading a large one is cheap), or a one-line
-    :class:`~lightning_post.errors.ConfigError` for a missing, truncated or foreign file."""
-    import torch
-
-    from lightning_post.errors import ConfigError
-
-    if not os.path.exists(path):
-        raise ConfigError(setting, f"{path} does not exist")
-    if os.path.isdir(path):
-        raise ConfigError(setting, f"{path} is a folder; name the .ckpt file (e.g. <run folder>/checkpoints/last.ckpt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated zip, a file of another kind, pickled objects that weights_only refuses
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(setting, f"{path} is not a complete checkpoint (truncated or corrupt: {first[:200]})") \
-            from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(setting, f"{path} is not a Lightning checkpoint (no state_dict)")
-    return ckpt
 
 
 def check_checkpoint_class(path: str, class_path: str, base: Optional[str] = None, setting: str = "ckpt_path") -> None:

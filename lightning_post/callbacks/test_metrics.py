@@ -9,8 +9,8 @@ from typing import Optional
 import lightning as L
 import torch
 
-from lightning_post.data.tokenize import IGNORE_INDEX
-from lightning_post.evaluation.text_metrics import BertScorer, check_bleu_tokenizers, text_metrics
+from lightning_post.records.tokenize import IGNORE_INDEX
+from lightning_post.scoring.text_metrics import BertScorer, check_bleu_tokenizers, text_metrics
 from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)

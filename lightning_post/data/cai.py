@@ -7,59 +7,20 @@ each prompt with its final revision as the reply.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Optional
 
 from torch.utils.data import DataLoader
 
-from lightning_post.errors import UserError
 from lightning_post.data.appendable import AppendableJsonl
 from lightning_post.data.base import hold_out
-from lightning_post.data.instruction import Files, InstructionDataModule, _as_list
-from lightning_post.data.preference import default_preference_file
-from lightning_post.data.prompts import normalize_prompt_record
-from lightning_post.data.records import DataError, raw_records
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.data.instruction import InstructionDataModule
+from lightning_post.errors import UserError
+from lightning_post.records.files import DataError, Files, as_list, default_preference_file
+from lightning_post.records.prompts import load_prompt_items
 
 log = logging.getLogger(__name__)
-
-
-def prompt_id(messages: list[dict]) -> str:
-    """A stable id of a prompt (its text), so a resumed run recognises the prompts it has done."""
-    text = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-
-
-def load_prompt_items(files: list[str], first_turn_only: bool, max_prompts: Optional[int],
-                      skip_invalid: bool = False) -> tuple[list[dict], list[DataError]]:
-    """``[{"id", "prompt": messages}]`` from prompt or preference files, duplicates kept once, in file order."""
-    skipped: list[DataError] = []
-
-    def normalize(record, where):
-        try:
-            return normalize_prompt_record(record, where)
-        except DataError as e:
-            if not skip_invalid:
-                raise
-            if not any(str(e) == str(s) for s in skipped):  # the file is read twice (line check, then datasets)
-                skipped.append(e)
-            return None
-
-    items, seen = [], set()
-    for path in files:
-        for _, rec in raw_records(path, normalize):
-            if rec is None:
-                continue
-            messages = rec["prompt"][:1] if first_turn_only else rec["prompt"]
-            key = prompt_id(messages)
-            if key not in seen:
-                seen.add(key)
-                items.append({"id": key, "prompt": messages})
-            if max_prompts is not None and len(items) >= max_prompts:
-                return items, skipped
-    return items, skipped
 
 
 class CAIDataModule(InstructionDataModule):
@@ -78,16 +39,7 @@ class CAIDataModule(InstructionDataModule):
         only_revised: bool = False,
         generation_batch_size: int = 8,
         val_fraction: float = 0.1,
-        template: str = "chat",
-        tokenizer: str = DEFAULT_MODEL,
-        max_length: int = 512,
-        truncation: str = "right",
-        packing: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs,
     ):
         """
         Args:
@@ -100,21 +52,12 @@ class CAIDataModule(InstructionDataModule):
             only_revised: train only on prompts whose answer the model decided to revise.
             generation_batch_size: prompts per generation batch (and per ``predict`` batch).
             val_fraction: share of the revised prompts held out for validation.
-            template: SFT template of the revision data (``chat`` = the tokenizer's chat template).
-            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
-            max_length: longest tokenised example in tokens.
-            truncation: ``right`` (keep the first ``max_length`` tokens) or ``drop``.
-            packing: pack several examples per row.
-            batch_size: rows per optimizer step per device.
-            eval_batch_size: rows per validation batch.
-            shuffle: shuffle training rows each epoch (seeded).
-            seed: seed of the validation split and the shuffling.
-            num_workers: DataLoader worker processes.
+            **kwargs: the SFT data settings (``truncation``, ``packing``) and the knobs every data module shares
+                (:class:`~lightning_post.data.base.PostDataModule`); ``template`` formats the revision data.
         """
-        super().__init__(None, None, None, val_fraction, template, tokenizer, max_length, truncation, packing,
-                         batch_size, eval_batch_size, shuffle, seed, num_workers)
-        self.save_hyperparameters()
-        self.check_settings()
+        # the training data is what the loop generates: no files of it, and no safety filter on it
+        super().__init__(train_files=None, val_files=None, test_files=None, val_fraction=val_fraction,
+                         safety_filter=None, **kwargs)
         self.items: Optional[list[dict]] = None
         self.invalid: list[DataError] = []
 
@@ -129,7 +72,7 @@ class CAIDataModule(InstructionDataModule):
     def prompt_items(self) -> list[dict]:
         if self.items is None:
             hp = self.hparams
-            self.items, self.invalid = load_prompt_items(_as_list(hp.prompt_files) or [default_preference_file()],
+            self.items, self.invalid = load_prompt_items(as_list(hp.prompt_files) or [default_preference_file()],
                                                          hp.first_turn_only, hp.max_prompts, hp.skip_invalid)
             if self.invalid:
                 log.warning("skipped %d malformed prompt records, the first: %s", len(self.invalid), self.invalid[0])

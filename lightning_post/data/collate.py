@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized
+from lightning_post.records.tokenize import IGNORE_INDEX, Tokenized
 
 
 def pack_greedy(lengths: Sequence[int], max_length: int) -> list[list[int]]:

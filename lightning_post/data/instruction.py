@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import logging
-from importlib import resources
-from typing import Optional, Union
+from typing import Optional
 
 from tqdm.auto import tqdm
 
-from lightning_post.errors import UserError
-from lightning_post.data.collate import collate_rows, pack_greedy
-from lightning_post.data.records import load_instruction_records
 from lightning_post.data.base import PostDataModule, Rows, hold_out
-from lightning_post.data.safety import SafetyFilter
-from lightning_post.data.templates import check_template, to_segments
-from lightning_post.data.tokenize import TokenizeStats, Tokenized, encode_prompt, tokenize_segments, truncate
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.data.collate import collate_rows, pack_greedy
+from lightning_post.errors import UserError
+from lightning_post.records.files import Files, as_list, default_instruction_file
+from lightning_post.records.instruction import load_instruction_records
+from lightning_post.records.templates import check_template, to_segments
+from lightning_post.records.tokenize import TokenizeStats, Tokenized, encode_prompt, tokenize_segments, truncate
 
 log = logging.getLogger(__name__)
-
-Files = Optional[Union[str, list[str]]]
-
-
-def default_instruction_file() -> str:
-    """The bundled dataset: 120 Korean and English instructions (summarisation, code, classification, ...)."""
-    return str(resources.files("lightning_post") / "resources" / "instructions.jsonl")
-
-
-def _as_list(files: Files) -> list[str]:
-    return [] if files is None else [files] if isinstance(files, str) else list(files)
-
 
 class InstructionDataModule(PostDataModule):
     """Instruction tuning data: files -> validated records -> template -> tokens with response-only labels.
@@ -44,17 +30,9 @@ class InstructionDataModule(PostDataModule):
         val_files: Files = None,
         test_files: Files = None,
         val_fraction: float = 0.1,
-        template: str = "chat",
-        tokenizer: str = DEFAULT_MODEL,
-        max_length: int = 512,
         truncation: str = "right",
         packing: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
-        safety_filter: Optional[SafetyFilter] = None,
+        **kwargs,
     ):
         """
         Args:
@@ -62,28 +40,18 @@ class InstructionDataModule(PostDataModule):
             val_files: validation files; ``None`` = hold out ``val_fraction`` of the training records.
             test_files: test files for ``lightning-post test``; ``None`` = the validation split.
             val_fraction: share of training records held out for validation when ``val_files`` is not given.
-            template: ``chat`` (the tokenizer's chat template) or ``basic``, ``with_input``, ``conversational``,
-                ``alpaca``, ``raw``; records with a non-empty ``input`` use the template's with-input layout.
-            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
-            max_length: longest tokenised example (and packed row) in tokens.
             truncation: ``right`` (keep the first ``max_length`` tokens) or ``drop`` (drop longer examples).
             packing: pack several examples per row; they cannot attend to each other (4D segment mask).
-            batch_size: rows per optimizer step per device (split into micro-batches by the module).
-            eval_batch_size: rows per validation/test batch.
-            shuffle: shuffle training rows each epoch (seeded).
-            seed: seed of the validation split and the shuffling.
-            num_workers: DataLoader worker processes.
-            safety_filter: rules and classifiers that remove unsafe records from every split before
-                tokenising, with counts by reason and a sample in MLflow (see
-                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
+            **kwargs: the knobs every data module shares (:class:`~lightning_post.data.base.PostDataModule`).
         """
-        super().__init__(tokenizer)
-        self.save_hyperparameters()
-        self.check_settings()
-        check_template(template)
+        super().__init__(**kwargs)
+        check_template(self.hparams.template)
         if truncation not in ("right", "drop"):
             raise UserError(f"unknown truncation {truncation!r}; choose 'right' or 'drop'")
         self.stats: dict[str, TokenizeStats] = {}
+
+    def bundled_file(self) -> str:
+        return default_instruction_file()
 
     # ---- preparation -------------------------------------------------------------------------------------------
     def encode(self, records: list[dict], split: str) -> list[Tokenized]:
@@ -120,12 +88,12 @@ class InstructionDataModule(PostDataModule):
     def _read_all(self) -> dict[str, Optional[list[dict]]]:
         """Read and validate every file (train, val, test); the first bad record raises ``DataError``."""
         hp = self.hparams
-        train = load_instruction_records(_as_list(hp.train_files) or [default_instruction_file()])
+        train = load_instruction_records(as_list(hp.train_files) or [self.bundled_file()])
         if hp.val_files is not None:
-            val = load_instruction_records(_as_list(hp.val_files))
+            val = load_instruction_records(as_list(hp.val_files))
         else:
             train, val = hold_out(train, hp.seed, hp.val_fraction)
-        test = load_instruction_records(_as_list(hp.test_files)) if hp.test_files is not None else None
+        test = load_instruction_records(as_list(hp.test_files)) if hp.test_files is not None else None
         return self.safety_filtered({"train": train, "val": val, "test": test})
 
     def prepare_data(self) -> None:

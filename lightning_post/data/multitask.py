@@ -24,15 +24,14 @@ from typing import Iterator, Optional, Union
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_post.errors import UserError
-from lightning_post.data.base import PostDataModule, Rows, hold_out
+from lightning_post.data.base import NOT_TAKEN, PostDataModule, Rows, hold_out
 from lightning_post.data.collate import collate_rows
 from lightning_post.data.mixing import MIXINGS, STRATEGIES, CurriculumStage, TaskOrder, mixing_rates
-from lightning_post.data.records import load_instruction_records
 from lightning_post.data.sampling import ResumableLoader, ResumableSampler, completed_batches_in_epoch
-from lightning_post.data.templates import check_template, to_segments
-from lightning_post.data.tokenize import Tokenized, encode_prompt, tokenize_segments, truncate_prompt_middle
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.errors import UserError
+from lightning_post.records.instruction import load_instruction_records
+from lightning_post.records.templates import check_template, to_segments
+from lightning_post.records.tokenize import Tokenized, encode_prompt, tokenize_segments, truncate_prompt_middle
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +98,8 @@ class MultiTaskDataModule(PostDataModule):
         batches_per_epoch: Optional[int] = None,
         val_size: int = 16,
         max_exact_match: int = 32,
-        template: str = "chat",
         strip_suffix: Optional[str] = "<|endoftext|>",
-        tokenizer: str = DEFAULT_MODEL,
-        max_length: int = 512,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        seed: int = 0,
-        num_workers: int = 0,
+        **kwargs,
     ):
         """
         Args:
@@ -122,19 +115,15 @@ class MultiTaskDataModule(PostDataModule):
             batches_per_epoch: training batches per epoch (``null`` = training examples / batch size).
             val_size: validation examples held out per task (never trained on).
             max_exact_match: validation examples per exact-match task that are answered by generation.
-            template: prompt template of tasks that name none (``chat``, ``basic``, ``raw``, ...).
             strip_suffix: remove this text from the end of responses (the T0 files end completions in
                 ``<|endoftext|>``; the template adds the model's own end token). ``null`` keeps responses.
-            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
-            max_length: longest tokenised example; longer ones keep their first ``max_length`` tokens.
-            batch_size: rows per optimizer step per device.
-            eval_batch_size: rows per validation batch.
-            seed: seed of the validation split and of the task draws.
-            num_workers: DataLoader worker processes.
+            **kwargs: the knobs every data module shares (:class:`~lightning_post.data.base.PostDataModule`);
+                ``template`` is that of the tasks that name none, and a longer example than ``max_length`` loses
+                the middle of its prompt.
         """
-        super().__init__(tokenizer)
-        self.save_hyperparameters()
-        self.check_settings()
+        # the mixture decides the order of the training rows, and the tasks' files are not filtered
+        super().__init__(shuffle=NOT_TAKEN, safety_filter=NOT_TAKEN, **kwargs)
+        template = self.hparams.template
         self.tasks = [TaskConfig(**t) if isinstance(t, dict) else t for t in tasks]
         self.stages = [CurriculumStage(**s) if isinstance(s, dict) else s for s in curriculum or []]
         names = [t.name for t in self.tasks]

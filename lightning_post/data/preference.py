@@ -1,90 +1,33 @@
 """PreferenceDataModule: (prompt, chosen, rejected) files -> tokenised pairs batched as ``[chosen; rejected]``.
 
-Shared by RewardModule and DPOModule (and later CAI/PPO). Record layouts and the truncation policy are documented
-in :mod:`lightning_post.data.pairs`.
+Shared by RewardModule and DPOModule (and later CAI/PPO). Record layouts are documented in
+:mod:`lightning_post.records.preference`, the truncation policy in :func:`lightning_post.records.tokenize.truncate_pair`.
 """
 
 from __future__ import annotations
 
 import logging
-from importlib import resources
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lightning_post.errors import UserError
-from lightning_post.data.collate import collate_pairs, collate_rows
 from lightning_post.data.base import PostDataModule, Rows, hold_out
-from lightning_post.data.safety import SafetyFilter
-from lightning_post.data.instruction import Files, _as_list
-from lightning_post.data.pairs import (
-    PairExample,
-    PairStats,
-    normalize_preference_record,
-    reply_segments,
-    split_prompt_reply,
-    tokenize_pair,
-    truncate_pair,
-)
-from lightning_post.data.records import DataError, raw_records
-from lightning_post.data.templates import check_template
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, encode_prompt, tokenize_segments
-from lightning_post.models.loading import DEFAULT_MODEL
+from lightning_post.data.collate import collate_pairs, collate_rows
+from lightning_post.errors import UserError
 from lightning_post.quality.gate import QualityGate
+from lightning_post.quality.report import gate_findings, quality_report
+from lightning_post.records.annotations import annotations_from_preferences
+from lightning_post.records.files import DataError, Files, as_list, raw_records
+from lightning_post.records.preference import load_preference_records, normalize_scoring_record
+from lightning_post.records.templates import check_template
+from lightning_post.records.tokenize import (
+    IGNORE_INDEX, PairExample, PairStats, Tokenized, encode_prompt, reply_segments, split_prompt_reply,
+    tokenize_pair, tokenize_segments, truncate_pair,
+)
 
 log = logging.getLogger(__name__)
-
-
-def default_preference_file() -> str:
-    """The bundled dataset: 120 Korean and English pairs on helpfulness, harmlessness and honesty."""
-    return str(resources.files("lightning_post") / "resources" / "preferences.jsonl")
-
-
-def load_preference_records(paths: list[str], skipped: Optional[list[DataError]] = None) -> list[tuple[str, dict]]:
-    """``(location, normalised pair)`` for every record of ``paths``.
-
-    The first bad record raises ``DataError``, unless ``skipped`` is a list: then bad records are left out and their
-    errors appended to it (for real-world files with a few broken rows, reported rather than silently dropped).
-    """
-    def normalize(record, where):
-        try:
-            return normalize_preference_record(record, where)
-        except DataError as e:
-            if skipped is None:
-                raise
-            if not any(s.where == where for s in skipped):  # each record is checked twice (lines, then datasets)
-                skipped.append(e)
-            return None
-
-    return [(w, pair) for path in paths for w, pair in raw_records(path, normalize) if pair is not None]
-
-
-def normalize_scoring_record(record: Any, where: str) -> dict[str, Any]:
-    """A record to score with a reward model: a preference pair (both replies are scored), or one reply as
-    ``{"prompt": str | messages, "response": str}`` or ``{"messages": [..., assistant turn]}``."""
-    if isinstance(record, dict) and record.get("chosen") is not None:
-        return {"pair": normalize_preference_record(record, where), "record": record}
-    if not isinstance(record, dict):
-        raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
-    if record.get("messages") is not None:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
-            raise DataError(where, "messages", "must be a non-empty list ending with an assistant turn")
-        fake = {"chosen": messages, "rejected": messages}
-    else:
-        if record.get("response") is None:
-            raise DataError(where, "response", "is missing (expected prompt/response, messages or chosen/rejected)")
-        fake = {"prompt": record.get("prompt"), "chosen": record["response"], "rejected": record["response"]}
-        if fake["prompt"] is None:
-            raise DataError(where, "prompt", "is missing")
-    try:
-        return {"single": normalize_preference_record(fake, where), "record": record}
-    except DataError as e:
-        if e.field == "chosen":  # the reply was passed as "chosen": name it as the user wrote it
-            e = DataError(where, "messages" if "messages" in record else "response", e.problem)
-        raise e from None
 
 
 class PreferenceDataModule(PostDataModule):
@@ -104,19 +47,11 @@ class PreferenceDataModule(PostDataModule):
         val_fraction: float = 0.1,
         val_size: Optional[int] = None,
         max_train_pairs: Optional[int] = None,
-        template: str = "chat",
-        tokenizer: str = DEFAULT_MODEL,
-        max_length: int = 512,
         min_prompt_length: int = 64,
         drop_identical: bool = True,
         skip_invalid: bool = False,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
-        safety_filter: Optional[SafetyFilter] = None,
         quality_gate: Optional[QualityGate] = None,
+        **kwargs,
     ):
         """
         Args:
@@ -127,30 +62,19 @@ class PreferenceDataModule(PostDataModule):
             val_fraction: share of training pairs held out for validation when ``val_files`` is not given.
             val_size: number of pairs held out instead of ``val_fraction`` (a fixed held-out set never trained on).
             max_train_pairs: train on at most this many pairs (after holding out validation), in file order.
-            template: ``chat`` (the tokenizer's chat template), ``raw`` (the record's own text, e.g. HH-RLHF's
-                ``Human:/Assistant:`` dialogue) or any SFT template (``conversational``, ``basic``, ...).
-            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
-            max_length: longest prompt + reply in tokens; longer pairs lose prompt tokens from the left first.
-            min_prompt_length: prompt tokens always kept when truncating; replies are cut from the right beyond it.
+            min_prompt_length: prompt tokens always kept when truncating (a pair longer than ``max_length`` loses
+                prompt tokens from the left first); replies are cut from the right beyond it.
             drop_identical: drop (and report) pairs whose chosen and rejected replies are the same text.
             skip_invalid: leave out malformed records (each is logged with file, line, field; counted in
                 ``data/invalid_pairs``) instead of stopping; for public datasets with a few broken rows.
-            batch_size: pairs per optimizer step per device (split into micro-batches by the module).
-            eval_batch_size: pairs per validation/test batch.
-            shuffle: shuffle training pairs each epoch (seeded).
-            seed: seed of the validation split and the shuffling.
-            num_workers: DataLoader worker processes.
-            safety_filter: rules and classifiers that remove unsafe records from every split before
-                tokenising, with counts by reason and a sample in MLflow (see
-                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
             quality_gate: check the training pairs before training (length bias, pairs labelled both ways,
                 intransitive preferences, duplicate prompts; see ``lightning-post data report``): ``mode: warn`` logs
                 what it finds, ``mode: fail`` stops before anything is written. ``null`` = no check.
+            **kwargs: the knobs every data module shares (:class:`~lightning_post.data.base.PostDataModule`).
         """
-        super().__init__(tokenizer)
-        self.save_hyperparameters()
-        self.check_settings()
-        check_template(template)
+        super().__init__(**kwargs)
+        check_template(self.hparams.template)
+        max_length = self.hparams.max_length
         if not 0 < min_prompt_length < max_length:
             raise UserError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
         self.stats: dict[str, PairStats] = {}
@@ -162,14 +86,14 @@ class PreferenceDataModule(PostDataModule):
     def _read_all(self) -> dict[str, Optional[list[tuple[str, dict]]]]:
         hp = self.hparams
         skipped: Optional[list[DataError]] = [] if hp.skip_invalid else None
-        train = load_preference_records(_as_list(hp.train_files) or [default_preference_file()], skipped)
+        train = load_preference_records(as_list(hp.train_files) or [self.bundled_file()], skipped)
         if hp.val_files is not None:
-            val = load_preference_records(_as_list(hp.val_files), skipped)
+            val = load_preference_records(as_list(hp.val_files), skipped)
         else:
             train, val = hold_out(train, hp.seed, hp.val_fraction, hp.val_size)
         if hp.max_train_pairs is not None:
             train = train[: hp.max_train_pairs]
-        test = load_preference_records(_as_list(hp.test_files), skipped) if hp.test_files is not None else None
+        test = load_preference_records(as_list(hp.test_files), skipped) if hp.test_files is not None else None
         self.invalid = skipped or []
         for e in self.invalid:
             log.warning("skipped invalid pair: %s", e)
@@ -179,9 +103,6 @@ class PreferenceDataModule(PostDataModule):
 
     def _check_quality(self, train: list[tuple[str, dict]]) -> None:
         """Run the quality gate on the training pairs (chosen wins; the order given to the checks is random)."""
-        from lightning_post.quality.report import gate_findings, quality_report
-        from lightning_post.quality.schema import annotations_from_preferences
-
         gate = self.hparams.quality_gate
         gate = QualityGate(**gate) if isinstance(gate, dict) else gate
         anns = annotations_from_preferences(train, "train",
@@ -192,7 +113,7 @@ class PreferenceDataModule(PostDataModule):
         for f in findings:
             log.warning("quality gate (%s): %s", gate.mode, f)
         if findings and gate.mode == "fail":
-            files = ", ".join(_as_list(self.hparams.train_files) or [default_preference_file()])
+            files = ", ".join(as_list(self.hparams.train_files) or [self.bundled_file()])
             raise DataError(files, None, "quality gate failed: " + "; ".join(findings))
 
     def setup_metrics(self) -> dict[str, float]:
@@ -255,7 +176,7 @@ class PreferenceDataModule(PostDataModule):
         test = records["test"]
         self.splits["test"] = Rows(self.encode(test, "test")) if test is not None else self.splits["val"]
         if not self.splits["train"].rows:
-            files = ", ".join(_as_list(self.hparams.train_files)) or "the bundled pairs"
+            files = ", ".join(as_list(self.hparams.train_files)) or "the bundled pairs"
             raise UserError(f"{files}: no training pair is left: every pair has chosen == rejected or an empty "
                             "reply, or was dropped by truncation (data.max_length)")
 
@@ -271,7 +192,7 @@ class PreferenceDataModule(PostDataModule):
 
     # ---- scoring (lightning-post predict) ----------------------------------------------------------------------
     def _read_predict(self) -> list[tuple[str, dict]]:
-        return [item for p in _as_list(self.hparams.predict_files) for item in raw_records(p, normalize_scoring_record)]
+        return [item for p in as_list(self.hparams.predict_files) for item in raw_records(p, normalize_scoring_record)]
 
     def _encode_predict(self, located: list[tuple[str, dict]]) -> list[tuple[int, int, Tokenized]]:
         """Rows ``(record index, side, tokens)``; side 0 = the response (or chosen), 1 = rejected."""

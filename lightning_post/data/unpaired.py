@@ -10,51 +10,24 @@ Batches (see :func:`collate_unpaired`) hold the B examples and, under ``kl_*`` k
 from __future__ import annotations
 
 import logging
-from functools import partial
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from functools import partial
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_post.errors import UserError
 from lightning_post.data.base import PostDataModule, Rows, hold_out
-from lightning_post.data.safety import SafetyFilter
 from lightning_post.data.collate import collate_pairs, collate_rows
-from lightning_post.data.instruction import Files, _as_list
-from lightning_post.data.pairs import (
-    PairExample, PairStats, normalize_preference_record, reply_segments, split_prompt_reply, tokenize_pair, truncate_pair,
+from lightning_post.errors import UserError
+from lightning_post.records.files import Files, as_list, raw_records
+from lightning_post.records.preference import load_preference_records
+from lightning_post.records.templates import check_template
+from lightning_post.records.tokenize import (
+    IGNORE_INDEX, PairExample, PairStats, Tokenized, encode_prompt, reply_segments, split_prompt_reply, tokenize_pair,
+    tokenize_segments, truncate_pair,
 )
-from lightning_post.data.preference import default_preference_file, load_preference_records
-from lightning_post.data.records import DataError, raw_records
-from lightning_post.data.templates import check_template
-from lightning_post.data.tokenize import IGNORE_INDEX, Tokenized, encode_prompt, tokenize_segments
-from lightning_post.models.loading import DEFAULT_MODEL
-
-
-def normalize_unpaired_record(record: Any, where: str) -> dict[str, Any]:
-    """Validate one unpaired example; returns ``{"prompt": messages, "raw_prompt", "completion", "label": bool}``.
-
-    >>> normalize_unpaired_record({"prompt": "Hi", "completion": "Hello", "label": True}, "f:1")["label"]
-    True
-    """
-    if not isinstance(record, dict):
-        raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
-    label = record.get("label")
-    if not isinstance(label, bool):
-        raise DataError(where, "label", f"must be true (desirable) or false (undesirable), got {label!r}")
-    if record.get("completion") is None:
-        raise DataError(where, "completion", "is missing")
-    if record.get("prompt") is None:
-        raise DataError(where, "prompt", "is missing")
-    try:
-        pair = normalize_preference_record(
-            {"prompt": record["prompt"], "chosen": record["completion"], "rejected": record["completion"]}, where
-        )
-    except DataError as e:  # report the field by its name in this layout
-        field = "completion" if e.field in ("chosen", "rejected") else e.field
-        raise DataError(where, field, e.problem) from None
-    return {"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"], "completion": pair["chosen"], "label": label}
+from lightning_post.records.unpaired import normalize_unpaired_record, unpaired_from_pairs
 
 
 @dataclass
@@ -90,16 +63,6 @@ def collate_unpaired(examples: Sequence[UnpairedExample], pad_id: int, max_lengt
 log = logging.getLogger(__name__)
 
 
-def unpaired_from_pairs(path: str) -> list[dict]:
-    """Each preference pair as two unpaired examples: chosen desirable, rejected undesirable (the bundled default)."""
-    out = []
-    for _, pair in raw_records(path, normalize_preference_record):
-        out += [{"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"], "completion": pair["chosen"], "label": True},
-                {"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"], "completion": pair["rejected"],
-                 "label": False}]
-    return out
-
-
 class UnpairedDataModule(PostDataModule):
     """KTO data: ``{"prompt", "completion", "label"}`` files (e.g. ``lightning-post data feedback``'s ``unpaired.jsonl``)
     -> tokens; batches carry the mismatched KL rows (see :func:`collate_unpaired`). A malformed row stops the run
@@ -112,16 +75,8 @@ class UnpairedDataModule(PostDataModule):
         test_files: Files = None,
         val_pair_files: Files = None,
         val_fraction: float = 0.1,
-        template: str = "chat",
-        tokenizer: str = DEFAULT_MODEL,
-        max_length: int = 512,
         min_prompt_length: int = 64,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_workers: int = 0,
-        safety_filter: Optional[SafetyFilter] = None,
+        **kwargs,
     ):
         """
         Args:
@@ -134,33 +89,23 @@ class UnpairedDataModule(PostDataModule):
                 (``val/pairs/accuracies``, comparable with DPO's ``val/rewards/accuracies``). Keep them out of the
                 training feedback.
             val_fraction: share of training examples held out when ``val_files`` is not given.
-            template: ``chat`` or any SFT template (``raw`` keeps the record's own text).
-            tokenizer: tokenizer name or path (linked to ``model.model_name_or_path`` by the CLI).
-            max_length: longest prompt + completion; longer examples lose prompt tokens from the left first.
-            min_prompt_length: prompt tokens always kept when truncating.
-            batch_size: examples per optimizer step per device (also the group the KL rows are drawn from).
-            eval_batch_size: examples per validation/test batch.
-            shuffle: shuffle training examples each epoch (seeded).
-            seed: seed of the validation split and the shuffling.
-            num_workers: DataLoader worker processes.
-            safety_filter: rules and classifiers that remove unsafe records from every split before
-                tokenising, with counts by reason and a sample in MLflow (see
-                :class:`~lightning_post.data.safety.SafetyFilter`; ``null`` = keep everything).
+            min_prompt_length: prompt tokens always kept when truncating (an example longer than ``max_length``
+                loses prompt tokens from the left first).
+            **kwargs: the knobs every data module shares (:class:`~lightning_post.data.base.PostDataModule`);
+                ``batch_size`` is also the group the KL rows are drawn from.
         """
-        super().__init__(tokenizer)
-        self.save_hyperparameters()
-        self.check_settings()
-        check_template(template)
+        super().__init__(**kwargs)
+        check_template(self.hparams.template)
+        max_length = self.hparams.max_length
         if not 0 < min_prompt_length < max_length:
             raise UserError(f"need 0 < min_prompt_length ({min_prompt_length}) < max_length ({max_length})")
-        self.stats: dict = {}
 
     def _load(self, files: Files) -> list[dict]:
-        return [rec for path in _as_list(files) for _, rec in raw_records(path, normalize_unpaired_record)]
+        return [rec for path in as_list(files) for _, rec in raw_records(path, normalize_unpaired_record)]
 
     def _read_all(self) -> dict[str, Optional[list[dict]]]:
         hp = self.hparams
-        train = self._load(hp.train_files) if hp.train_files is not None else unpaired_from_pairs(default_preference_file())
+        train = self._load(hp.train_files) if hp.train_files is not None else unpaired_from_pairs(self.bundled_file())
         if hp.val_files is not None:
             val = self._load(hp.val_files)
         else:
@@ -192,7 +137,7 @@ class UnpairedDataModule(PostDataModule):
                 self.splits[split] = Rows(self.encode(records[split]))
         self.splits.setdefault("test", self.splits["val"])
         if hp.val_pair_files is not None:
-            self.splits["val_pairs"] = Rows(self.encode_pairs(load_preference_records(_as_list(hp.val_pair_files))))
+            self.splits["val_pairs"] = Rows(self.encode_pairs(load_preference_records(as_list(hp.val_pair_files))))
         n = len(records["train"])
         good = sum(r["label"] for r in records["train"])
         log.info("train: %d unpaired examples, %d desirable, %d undesirable", n, good, n - good)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from importlib import resources
 from typing import Sequence
 
-from lightning_post.data.records import DataError, json_lines
+from lightning_post.records.files import DataError, json_lines
 from lightning_post.generation import ChatGenerator
 
 LETTERS = "ABCDEFGHIJ"

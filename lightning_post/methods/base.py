@@ -23,8 +23,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from lightning_post.data.collate import attention_bias, split_batch
-from lightning_post.data.tokenize import IGNORE_INDEX
+from lightning_post.data.collate import attention_bias, split_batch, split_pairs
+from lightning_post.records.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.sft import linear_cross_entropy, token_cross_entropy
 from lightning_post.generation import generate_from_ids
@@ -64,6 +64,27 @@ class PostTrainingModule(L.LightningModule):
         micro_batch_size: Optional[int] = None,
         gradient_clip_val: Optional[float] = 1.0,
     ):
+        """The settings every method shares, declared once here. A method's ``__init__`` takes its own settings
+        (keyword-only) and forwards ``*args, **kwargs`` to this one; jsonargparse follows them here, so ``--help`` and
+        ``--print_config`` list these with the method's own, and ``self.hparams`` holds them all.
+
+        Args:
+            model_name_or_path: alias (``smollm2-135m-instruct``, ``tiny-llama``), local folder (e.g. an SFT export)
+                or hub id of the model to start from.
+            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
+            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
+                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
+                ``flash_attention_2`` (also padding-free).
+            gradient_checkpointing: recompute activations in backward to save memory.
+            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
+            peft: parameter-efficient method (LoRA, ...); omit for full fine-tuning. A reference model (DPO, KTO,
+                PPO) is then the same network with its adapters disabled; a reward model's head always trains in full.
+            optim: optimizer and learning-rate schedule (one schedule step per optimizer update).
+            micro_batch_size: examples per forward/backward (rows; pairs for DPO and reward models; replies for
+                PPO); the data batch (PPO: a minibatch) is one optimizer step, accumulated exactly (``null`` = all
+                at once).
+            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
+        """
         super().__init__()
         # settings are checked here, before the MLflow run exists: a wrong one costs no FAILED run
         loading.check_model_source(model_name_or_path)
@@ -294,6 +315,16 @@ class PostTrainingModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         return grad_norm
 
+    def optimizer_step(self, optimizer, scheduler) -> torch.Tensor:
+        """The tail of every update, once the step's gradients are in: reduce and clip them
+        (:meth:`finish_gradients`, FSDP2- and DeepSpeed-aware), step, clear the gradients, advance the schedule.
+        Returns the global gradient norm before clipping."""
+        grad_norm = self.finish_gradients(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return grad_norm
+
     def _grad_norm(self) -> torch.Tensor:
         """Global gradient norm; NaN where the gradients are not visible as ``p.grad`` (DeepSpeed partitions them)."""
         grads = [p.grad.detach().float().norm() for p in self.parameters() if p.grad is not None]
@@ -357,10 +388,7 @@ class AccumulatingModule(PostTrainingModule, abc.ABC):
             for k, v in out.items():
                 sums[k] = sums.get(k, 0) + v.detach()
         # step 3: clip, step, schedule
-        grad_norm = self.finish_gradients(opt)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        grad_norm = self.optimizer_step(opt, sched)
         # step 4: metrics of the step over every device
         totals = {k: strategy.reduce(v.float(), reduce_op="sum") for k, v in sums.items()}
         tokens = strategy.reduce(batch["attention_mask"].sum().float(), reduce_op="sum")
@@ -375,3 +403,17 @@ class AccumulatingModule(PostTrainingModule, abc.ABC):
     def step_metrics(self, totals: dict[str, torch.Tensor], units: torch.Tensor) -> dict[str, torch.Tensor]:
         """Turn summed statistics of a step into logged metrics (subclasses add theirs)."""
         return {"train/loss": totals["loss_sum"] / units.clamp(min=1)}
+
+
+class PairwiseModule(AccumulatingModule):
+    """A method trained on pairs batched as ``[chosen; rejected]`` rows (reward model, DPO): the items of a batch,
+    of its micro-batches and of its loss are pairs, never split from their other half."""
+
+    def batch_items(self, batch: dict) -> int:
+        return batch["index"].shape[0]
+
+    def micro_batches(self, batch: dict) -> list[dict]:
+        return split_pairs(batch, self.hparams.micro_batch_size or self.batch_items(batch))
+
+    def loss_units(self, batch: dict) -> torch.Tensor:
+        return torch.tensor(self.batch_items(batch), device=batch["input_ids"].device)

@@ -14,9 +14,6 @@ from lightning_post.cai.constitution import load_constitution, load_few_shot
 from lightning_post.cai.loop import ai_feedback, critique_revision
 from lightning_post.generation import ChatGenerator
 from lightning_post.methods.sft import SFTModule
-from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.models.peft import PeftSettings
-from lightning_post.optim import OptimSettings
 from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)
@@ -41,15 +38,7 @@ class CAIModule(SFTModule):
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
-        dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        peft: Optional[PeftSettings] = None,
-        optim: OptimSettings = OptimSettings(),
-        micro_batch_size: Optional[int] = None,
-        gradient_clip_val: Optional[float] = 1.0,
+        *args,
         constitution: Optional[str] = None,
         language: str = "en",
         rounds: int = 1,
@@ -65,21 +54,10 @@ class CAIModule(SFTModule):
         few_shot_examples: Optional[int] = 2,
         seed: int = 0,
         logits_chunk_size: int = 1024,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: alias, local folder or hub id of the model that answers, critiques, revises and
-                learns.
-            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
-            gradient_checkpointing: recompute activations in backward to save memory.
-            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
-            peft: parameter-efficient method (LoRA, ...); omit for full fine-tuning.
-            optim: optimizer and learning-rate schedule of SL-CAI.
-            micro_batch_size: rows per forward/backward in training.
-            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
             logits_chunk_size: response positions whose logits are computed at once in the SFT loss.
             constitution: YAML constitution or the paper's JSON of critique/revision requests (``null`` = the
                 bundled five principles).
@@ -100,9 +78,9 @@ class CAIModule(SFTModule):
             few_shot_examples: use the first N demonstrations (``null`` = all).
             seed: seed of the principle draws and of sampling.
         """
-        super().__init__(model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code,
-                         peft, optim, micro_batch_size, gradient_clip_val,
-                         logits_chunk_size=logits_chunk_size)
+        # SL-CAI trains on one task: no gradient surgery, no exact-match validation (given here, so not settings)
+        super().__init__(*args, logits_chunk_size=logits_chunk_size, pcgrad=False, task_grad_cosine=False,
+                         exact_match_max_new_tokens=16, **kwargs)
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
         if principle_choice not in ("sample", "cycle"):

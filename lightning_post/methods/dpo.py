@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import NamedTuple, Optional, Union
 
@@ -9,15 +10,14 @@ import torch
 from torchmetrics import CatMetric
 from tqdm.auto import tqdm
 
-from lightning_post.data.collate import split_pairs
+from lightning_post.errors import ConfigError
 from lightning_post.losses.preference import (
-    DPO_LOSSES, LENGTH_NORMALISED, REFERENCE_FREE, SOFT_LABEL_LOSSES, implicit_rewards, soft_label_smoothing,
+    DPO_LOSSES, LENGTH_NORMALISED, PAIR_INPUTS, REFERENCE_FREE, SOFT_LABEL_LOSSES, dpo_loss_settings,
+    implicit_rewards, soft_label_smoothing,
 )
-from lightning_post.methods.base import AccumulatingModule
+from lightning_post.losses.settings import REQUIRED, pick_settings
+from lightning_post.methods.base import PairwiseModule
 from lightning_post.methods.reference import ReferenceModelMixin
-from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.models.peft import PeftSettings
-from lightning_post.optim import OptimSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,63 @@ def combined_preference_loss(
     counts: torch.Tensor, **settings,
 ) -> torch.Tensor:
     """``sum_k w_k loss_k`` per pair ``(B,)`` (MPO-style mixtures), each loss fed the log-probs it is defined on:
-    summed over reply tokens, or per-token averages for :data:`LENGTH_NORMALISED` losses. ``policy_sums``,
-    ``ref_sums`` and ``counts`` are ``[chosen; rejected]`` rows ``(2B,)``."""
+    summed over reply tokens, or per-token averages for :data:`LENGTH_NORMALISED` losses, and the ``settings`` its
+    signature declares. ``policy_sums``, ``ref_sums`` and ``counts`` are ``[chosen; rejected]`` rows ``(2B,)``."""
     total = 0.0
     for name, weight in zip(loss_types, loss_weights):
         average = name in LENGTH_NORMALISED
         policy = pair_logps(policy_sums, counts, average)
         ref = pair_logps(ref_sums, counts, average) if ref_sums is not None and name not in REFERENCE_FREE else None
-        total = total + weight * DPO_LOSSES[name](
-            policy.chosen, policy.rejected, ref.chosen if ref else None, ref.rejected if ref else None, **settings
-        )
+        fn = DPO_LOSSES[name]
+        total = total + weight * fn(policy.chosen, policy.rejected, ref.chosen if ref else None,
+                                    ref.rejected if ref else None, **pick_settings(fn, len(PAIR_INPUTS), settings))
     return total
 
 
-class DPOModule(ReferenceModelMixin, AccumulatingModule):
+#: DPOModule's arguments that are loss settings, with the name the losses' signatures give them
+LOSS_KNOBS = {"beta": "beta", "label_smoothing": "label_smoothing", "simpo_gamma": "gamma", "discopop_tau": "tau"}
+
+
+def loss_setting_values(loss_types: list[str], knobs: dict[str, tuple[float, float]],
+                        extra: Optional[dict[str, float]]) -> dict[str, float]:
+    """The settings the losses ``loss_types`` are called with, by their names in the losses' signatures: the
+    module's arguments ``knobs`` (``argument -> (value, default)``, see :data:`LOSS_KNOBS`) and ``extra`` (the
+    ``loss_settings`` of losses with settings of their own).
+
+    Raises :class:`ConfigError` for an argument set away from its default that no selected loss reads (``beta``
+    excepted: the logged implicit rewards use it), a ``loss_settings`` name that no selected loss declares (a
+    misspelling) or that an argument sets, and a setting without default that a selected loss is not given.
+    """
+    declared = {t: dpo_loss_settings(t) for t in loss_types}
+    read = {name for settings in declared.values() for name in settings}
+    chosen = ", ".join(loss_types)
+
+    def readers(name: str) -> str:
+        found = [t for t in sorted(DPO_LOSSES) if name in dpo_loss_settings(t)]
+        return f" (a setting of {', '.join(found)})" if found else ""
+
+    values: dict[str, float] = {}
+    for knob, (value, default) in knobs.items():
+        name = LOSS_KNOBS[knob]
+        values[name] = value
+        if knob != "beta" and name not in read and value != default:
+            raise ConfigError(f"model.{knob}", f"{value} is not used by loss_type {chosen}{readers(name)}")
+    for name, value in (extra or {}).items():
+        knob = next((k for k, n in LOSS_KNOBS.items() if n == name), None)
+        if knob is not None:
+            raise ConfigError(f"model.loss_settings.{name}", f"set it as model.{knob}")
+        if name not in read:
+            raise ConfigError(f"model.loss_settings.{name}", f"not a setting of loss_type {chosen}{readers(name)}; "
+                              f"it reads {', '.join(sorted(read))}")
+        values[name] = value
+    for loss_type, settings in declared.items():
+        missing = [n for n, d in settings.items() if d is REQUIRED and n not in values]
+        if missing:
+            raise ConfigError(f"model.loss_settings.{missing[0]}", f"loss_type {loss_type} needs it (no default)")
+    return values
+
+
+class DPOModule(ReferenceModelMixin, PairwiseModule):
     """Preference optimisation against a reference model, with the loss selected by ``loss_type``.
 
     Each step, for B pairs batched as ``[chosen; rejected]``:
@@ -72,38 +115,21 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
-        dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        peft: Optional[PeftSettings] = None,
-        optim: OptimSettings = OptimSettings(),
-        micro_batch_size: Optional[int] = None,
-        gradient_clip_val: Optional[float] = 1.0,
+        *args,
         loss_type: Union[str, list[str]] = "sigmoid",
         loss_weights: Optional[list[float]] = None,
         beta: float = 0.1,
         label_smoothing: float = 0.0,
         simpo_gamma: float = 0.5,
         discopop_tau: float = 0.05,
+        loss_settings: Optional[dict[str, float]] = None,
         rpo_alpha: Optional[float] = None,
         reference_model: Optional[str] = None,
         precompute_ref_logps: bool = False,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of the policy's starting point.
-            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
-            gradient_checkpointing: recompute activations in backward to save memory.
-            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
-            peft: parameter-efficient method (LoRA, ...); the reference is then the same network, adapters off.
-            optim: optimizer and learning-rate schedule.
-            micro_batch_size: pairs per forward/backward; the data batch is one optimizer step (``None`` = all).
-            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
             loss_type: a registered loss (``sigmoid`` = DPO, ``robust``, ``hinge``, ``ipo``, ``simpo``, ``exo_pair``,
                 ``nca_pair``, ``bco_pair``, ``sppo_hard``, ``aot``, ``aot_unpaired``, ``apo_zero``, ``apo_down``,
                 ``discopop``, ``sigmoid_norm``), or a list of them to combine (MPO-style).
@@ -113,15 +139,15 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
                 target's mass on the rejected reply for ``exo_pair`` (must be > 0 there, e.g. 1e-3).
             simpo_gamma: SimPO's target reward margin.
             discopop_tau: temperature of DiscoPOP's blend between its logistic and exponential parts.
+            loss_settings: settings of losses that have their own, by the name in the loss's signature (a loss
+                ``my_loss(..., beta, alpha=0.3)`` takes ``{alpha: 0.5}``); a name that no selected loss declares is
+                an error.
             rpo_alpha: weight of an NLL term on the chosen reply (``null`` = none).
             reference_model: a different reference model (folder or id); ``null`` = the starting policy.
             precompute_ref_logps: compute reference log-probabilities once for every train/val pair at the start of
                 ``fit`` and reuse them (saves a forward per step; costs one pass over the data).
         """
-        super().__init__(
-            model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
-            micro_batch_size, gradient_clip_val,
-        )
+        super().__init__(*args, **kwargs)
         self.loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
         unknown = [t for t in self.loss_types if t not in DPO_LOSSES]
         if unknown or not self.loss_types:
@@ -132,6 +158,9 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
             raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.loss_types)} losses")
         if "exo_pair" in self.loss_types and not label_smoothing > 0:
             raise ValueError("loss_type exo_pair needs label_smoothing > 0 (e.g. 1e-3)")
+        signature = inspect.signature(DPOModule.__init__).parameters
+        knobs = {k: (self.hparams[k], signature[k].default) for k in LOSS_KNOBS}
+        self.loss_kwargs = loss_setting_values(self.loss_types, knobs, loss_settings)
         self.reference_free = all(t in REFERENCE_FREE for t in self.loss_types)
         # metrics show the log-probs as the first loss sees them
         self.average_logps = self.loss_types[0] in LENGTH_NORMALISED
@@ -189,15 +218,6 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
                 self.precompute_reference(split)
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def batch_items(self, batch: dict) -> int:
-        return batch["index"].shape[0]
-
-    def micro_batches(self, batch: dict) -> list[dict]:
-        return split_pairs(batch, self.hparams.micro_batch_size or self.batch_items(batch))
-
-    def loss_units(self, batch: dict) -> torch.Tensor:
-        return torch.tensor(self.batch_items(batch), device=batch["input_ids"].device)
-
     def _settings(self, label: Optional[torch.Tensor] = None) -> dict:
         """Loss settings; soft labels (records' ``label`` < 1) become per-pair label-flip probabilities."""
         hp = self.hparams
@@ -208,7 +228,7 @@ class DPOModule(ReferenceModelMixin, AccumulatingModule):
                 raise ValueError(f"the data has soft labels (field 'label' < 1), which loss_type {unsupported} cannot "
                                  f"use; choose from {list(SOFT_LABEL_LOSSES)} or drop the labels")
             smoothing = soft_label_smoothing(label, hp.label_smoothing)
-        return {"beta": hp.beta, "label_smoothing": smoothing, "gamma": hp.simpo_gamma, "tau": hp.discopop_tau}
+        return {**self.loss_kwargs, "label_smoothing": smoothing}
 
     def pair_losses(self, batch: dict, split: str) -> tuple[torch.Tensor, PairLogps, Optional[PairLogps]]:
         """Per-pair losses ``(B,)`` with the policy and reference log-probs (as the first loss sees them)."""

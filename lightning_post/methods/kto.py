@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
 from torchmetrics import SumMetric
 
 from lightning_post.data.collate import split_batch
-from lightning_post.losses.kto import KTO_LOSSES, NEEDS_KL, kto_kl_estimate
+from lightning_post.errors import ConfigError
+from lightning_post.losses.kto import KTO_LOSSES, NEEDS_KL, kto_kl_estimate, kto_loss_settings
 from lightning_post.methods.base import AccumulatingModule
 from lightning_post.methods.reference import ReferenceModelMixin
-from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.models.peft import PeftSettings
-from lightning_post.optim import OptimSettings
 
 KL_PREFIX = "kl_"
 
@@ -40,47 +39,34 @@ class KTOModule(ReferenceModelMixin, AccumulatingModule):
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
-        dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        peft: Optional[PeftSettings] = None,
-        optim: OptimSettings = OptimSettings(),
-        micro_batch_size: Optional[int] = None,
-        gradient_clip_val: Optional[float] = 1.0,
+        *args,
         loss_type: str = "kto",
         beta: float = 0.1,
         desirable_weight: float = 1.0,
         undesirable_weight: float = 1.0,
         reference_model: Optional[str] = None,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of the policy's starting point.
-            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
-            gradient_checkpointing: recompute activations in backward to save memory.
-            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
-            peft: parameter-efficient method (LoRA, ...); the reference is then the same network, adapters off.
-            optim: optimizer and learning-rate schedule.
-            micro_batch_size: examples per forward/backward; the data batch is one optimizer step (``None`` = all).
-            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
             loss_type: ``kto`` or ``apo_zero_unpaired`` (no reference point).
             beta: inverse temperature of the implicit reward.
             desirable_weight: weight of desirable examples (the paper keeps ``w_D n_D / (w_U n_U)`` in [1, 4/3]).
             undesirable_weight: weight of undesirable examples.
             reference_model: a different reference model (folder or id); ``null`` = the starting policy.
         """
-        super().__init__(
-            model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
-            micro_batch_size, gradient_clip_val,
-        )
+        super().__init__(*args, **kwargs)
         if loss_type not in KTO_LOSSES:
             raise ValueError(f"loss_type {loss_type!r} is unknown; choose from {sorted(KTO_LOSSES)}")
         self.loss_fn = KTO_LOSSES[loss_type]
+        # each setting goes to the loss only if its signature declares it; one set away from its default that the
+        # loss does not read is refused (beta excepted: the logged implicit rewards use it)
+        declared, signature = kto_loss_settings(loss_type), inspect.signature(KTOModule.__init__).parameters
+        for name in ("desirable_weight", "undesirable_weight"):
+            if name not in declared and self.hparams[name] != signature[name].default:
+                raise ConfigError(f"model.{name}", f"{self.hparams[name]} is not used by loss_type {loss_type}")
+        self.loss_kwargs = {k: self.hparams[k] for k in ("beta", "desirable_weight", "undesirable_weight")
+                            if k in declared}
         self.needs_kl = loss_type in NEEDS_KL
         self._frozen_reference: list[torch.nn.Module] = []
         self._z0 = torch.tensor(0.0)
@@ -133,11 +119,9 @@ class KTOModule(ReferenceModelMixin, AccumulatingModule):
 
     def example_losses(self, batch: dict, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example losses ``(B,)`` and log-ratios ``r`` ``(B,)`` (steps 2-3)."""
-        hp = self.hparams
         ref = self.reference_logps(batch)
         policy = self.reply_logps(batch)[0]
-        losses = self.loss_fn(policy, ref, batch["desirable"], z0, beta=hp.beta,
-                              desirable_weight=hp.desirable_weight, undesirable_weight=hp.undesirable_weight)
+        losses = self.loss_fn(policy, ref, batch["desirable"], z0, **self.loss_kwargs)
         return losses, (policy - ref).detach()
 
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:

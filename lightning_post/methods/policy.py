@@ -14,12 +14,12 @@ def load_policy(path: str, dtype: str = "float32", device: Optional[str] = None)
     if str(path).endswith(".ckpt"):
         from lightning_post.methods.sft import SFTModule
 
-        from lightning_post.callbacks.checkpoint import read_checkpoint
+        from lightning_post.models.loading import read_checkpoint
 
         ckpt = read_checkpoint(str(path), "model")  # a missing or truncated file is named in one line
         hp = ckpt["hyper_parameters"]
-        module = SFTModule(hp["model_name_or_path"], dtype, hp.get("attn_implementation", "sdpa"),
-                           peft=hp.get("peft"))
+        module = SFTModule(model_name_or_path=hp["model_name_or_path"], dtype=dtype,
+                           attn_implementation=hp.get("attn_implementation", "sdpa"), peft=hp.get("peft"))
         module.configure_model()
         policy = {k: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
         missing = module.load_state_dict(policy, strict=False)

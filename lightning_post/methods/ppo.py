@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torchmetrics import CatMetric, SumMetric
 
 from lightning_post.losses.rl import (
-    ESTIMATORS, GROUP_ADVANTAGES, KL_ESTIMATORS, adaptive_kl_coef, clipped_policy_loss, clipped_value_loss,
-    entropy_from_logits, gae, masked_mean, token_rewards, whiten,
+    ESTIMATORS, GROUP_ADVANTAGES, KL_ESTIMATORS, adaptive_kl_coef, clipped_policy_loss, clipped_value_loss, gae,
+    masked_mean, token_rewards, whiten,
 )
 from lightning_post.methods.base import PostTrainingModule, unwrap_peft
 from lightning_post.methods.reference import ReferenceModelMixin
-from lightning_post.models.loading import DEFAULT_MODEL, load_causal_lm
-from lightning_post.models.peft import PeftSettings, apply_peft
-from lightning_post.optim import OptimSettings
-from lightning_post.rewards import RewardModelScorer, load_function
+from lightning_post.methods.rollout import Rollout, RolloutEngine, Sampling
+from lightning_post.models.loading import load_causal_lm
+from lightning_post.models.peft import apply_peft
+from lightning_post.scoring.rewards import RewardModelScorer, load_function
 from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)
@@ -29,22 +28,6 @@ log = logging.getLogger(__name__)
 def _looks_local(path: str) -> bool:
     """A folder path rather than a hub id (``org/name``)."""
     return path.startswith((".", "/", "~")) or path.count("/") >= 2
-
-
-class Rollout(NamedTuple):
-    """One batch of experience; ``N`` = prompts x samples per prompt, ``P`` prompt width, ``R`` reply width."""
-
-    seq: dict  # input_ids / attention_mask / position_ids / segment_ids, each (N, P + R)
-    response: torch.Tensor  # (N, R) reply tokens, padding after EOS
-    mask: torch.Tensor  # (N, R) 1 on reply tokens up to and including EOS
-    logps: torch.Tensor  # (N, R) policy log-probs at sampling time
-    ref_logps: torch.Tensor  # (N, R)
-    values: Optional[torch.Tensor]  # (N, R) value estimates (None without a critic)
-    advantages: torch.Tensor  # (N, R)
-    returns: Optional[torch.Tensor]  # (N, R) value targets (None without a critic)
-    scores: torch.Tensor  # (N,) reward model / function scores (after the missing-EOS penalty)
-    entropy: torch.Tensor  # (N, R)
-    kl: torch.Tensor  # (N, R) per-token KL estimate, 0 on padding
 
 
 class ValueModel(torch.nn.Module):
@@ -87,15 +70,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
-        dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        peft: Optional[PeftSettings] = None,
-        optim: OptimSettings = OptimSettings(),
-        micro_batch_size: Optional[int] = None,
-        gradient_clip_val: Optional[float] = 1.0,
+        *args,
         estimator: str = "gae",
         samples_per_prompt: int = 1,
         reward_model: Optional[str] = None,
@@ -123,27 +98,17 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         val_do_sample: bool = False,
         log_rollouts_every_n_steps: int = 10,
         log_val_answers: bool = True,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of the starting policy.
-            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
-            gradient_checkpointing: recompute activations in backward to save memory.
-            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
-            peft: parameter-efficient method (LoRA, ...); the reference is then the policy with adapters disabled.
-            optim: optimizer and learning-rate schedule (one schedule step per optimizer update).
-            micro_batch_size: replies per forward/backward (``None`` = a whole minibatch at once).
-            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
             estimator: ``gae`` (PPO with a value model), ``rloo`` or ``grpo`` (critic-free; need
                 ``samples_per_prompt`` >= 2).
             samples_per_prompt: replies sampled per prompt in each rollout.
             reward_model: folder of a sequence-classification reward model (e.g. a RewardModule ``export/model``).
             reward_template: template the reward model was trained with (how a prompt and reply are formatted).
             reward_fn: instead of a reward model, a Python function ``package.module:function`` (see
-                :mod:`lightning_post.rewards`).
+                :mod:`lightning_post.scoring.rewards`).
             reward_fn_kwargs: extra keyword arguments for ``reward_fn``.
             missing_eos_penalty: subtracted from the score of replies that hit ``max_new_tokens`` without EOS.
             max_new_tokens: longest sampled reply.
@@ -168,10 +133,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             log_val_answers: log every validation's held-out answers, scores and KL to MLflow
                 (``val_answers/step<N>.json``), so runs compare prompt by prompt.
         """
-        super().__init__(
-            model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
-            micro_batch_size, gradient_clip_val,
-        )
+        super().__init__(*args, **kwargs)
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator {estimator!r} is unknown; choose from {list(ESTIMATORS)}")
         if estimator in GROUP_ADVANTAGES and samples_per_prompt < 2:
@@ -190,6 +152,8 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         self.value_head: Optional[torch.nn.Module] = None
         self.critic: Optional[ValueModel] = None
         self._scorer: Optional[RewardModelScorer] = None
+        # sampling, scoring and reply log-probs (steps 1-3) are the rollout part's, shared with other on-policy methods
+        self.rollouts = RolloutEngine(self, self.score_texts, Sampling(max_new_tokens, temperature, top_p))
         self.val_scores, self.val_kl, self.val_length = CatMetric(), CatMetric(), CatMetric()
         self.val_eos = SumMetric()
         self._val_rows: list[dict] = []
@@ -240,17 +204,6 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         self.kl_value = checkpoint.get("ppo_kl_coef", self.kl_value)
 
     # ---- forward passes ------------------------------------------------------------------------------------------
-    def response_logps(self, seq: dict, response: torch.Tensor, need_entropy: bool = False,
-                       temperature: Optional[float] = None):
-        """Log-probs ``(n, R)`` of the reply tokens, their entropies (or None) and the hidden states ``(n, R, H)``
-        that predicted them (position ``t`` predicts token ``t + 1``). Logits are divided by ``temperature`` (the
-        sampling temperature unless given), so the log-probs are those of the distribution the replies came from."""
-        R = response.shape[1]
-        hidden = self.forward_hidden(seq)[:, -R - 1:-1]  # (n, R, H)
-        logits = self.lm_head()(hidden).float() / (temperature or self.hparams.temperature)  # (n, R, V)
-        logps = -F.cross_entropy(logits.flatten(0, 1), response.flatten(), reduction="none").view_as(response)
-        return logps, entropy_from_logits(logits) if need_entropy else None, hidden
-
     def values_of(self, seq: dict, hidden: torch.Tensor, R: int) -> torch.Tensor:
         """Value estimates ``(n, R)`` of the states before each reply token."""
         if self.critic is None:
@@ -263,44 +216,14 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
     def _chunks(self, n: int) -> list[torch.Tensor]:
         return list(torch.arange(n, device=self.device).split(self.hparams.micro_batch_size or n))
 
-    # ---- steps 1-2: sample and score -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, batch: dict, k: int, do_sample: bool) -> tuple[dict, torch.Tensor, torch.Tensor, list[dict]]:
-        """Replies to a prompt batch: ``(seq, response (N, R), mask (N, R), records)``."""
-        hp, tok = self.hparams, self.tokenizer
-        prompts, prompt_mask = batch["input_ids"].repeat_interleave(k, 0), batch["attention_mask"].repeat_interleave(k, 0)
-        records = [r for r in batch["records"] for _ in range(k)]
-        was_training = self.model.training
-        self.model.eval()
-        kwargs = {"do_sample": True, "temperature": hp.temperature, "top_p": hp.top_p, "top_k": 0} if do_sample \
-            else {"do_sample": False}
-        out = self.model.generate(input_ids=prompts, attention_mask=prompt_mask, max_new_tokens=hp.max_new_tokens,
-                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True,
-                                  **kwargs)  # KV cache even when gradient checkpointing turned it off for training
-        self.model.train(was_training)
-        response = out[:, prompts.shape[1]:]  # (N, R)
-        R = response.shape[1]
-        is_eos = response == tok.eos_token_id
-        first_eos = torch.where(is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], R, dtype=torch.long))
-        mask = (torch.arange(R, device=response.device)[None] <= first_eos[:, None]).long()  # (N, R)
-        response = response.masked_fill(mask == 0, tok.pad_token_id)
-        attention = torch.cat([prompt_mask, mask], 1)
-        seq = {"input_ids": torch.cat([prompts, response], 1), "attention_mask": attention,
-               "position_ids": (attention.cumsum(1) - 1).clamp(min=0), "segment_ids": attention}
-        return seq, response, mask, records
-
-    @torch.no_grad()
-    def score(self, records: list[dict], response: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores ``(N,)`` of the replies (step 2), before any penalty."""
-        tok = self.tokenizer
-        ids = [row[: int(m.sum())].tolist() for row, m in zip(response, mask)]
-        texts = [tok.decode(i, skip_special_tokens=True).strip() for i in ids]
+    # ---- step 2: score ---------------------------------------------------------------------------------------------
+    def score_texts(self, records: list[dict], texts: list[str], ids: list[list[int]]) -> torch.Tensor:
+        """Scores of decoded replies by the reward model or the reward function (the rollout part calls this)."""
         if self._scorer is not None:
             return self._scorer.score(records, texts, self.device)
         requests = [r["prompt"][-1]["content"] for r in records]
-        scores = self.reward_function(prompts=requests, completions=texts, completion_ids=ids,
-                                      **(self.hparams.reward_fn_kwargs or {}))
-        return torch.as_tensor(scores, dtype=torch.float32, device=self.device)
+        return self.reward_function(prompts=requests, completions=texts, completion_ids=ids,
+                                    **(self.hparams.reward_fn_kwargs or {}))
 
     # ---- steps 1-5: experience -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -308,9 +231,10 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         hp = self.hparams
         k = hp.samples_per_prompt
         # step 1: rollout
-        seq, response, mask, records = self.sample(batch, k, do_sample=True)
+        replies = self.rollouts.sample(batch, k, do_sample=True)
+        seq, response, mask = replies.seq, replies.response, replies.mask
         # step 2: score
-        scores = self.score(records, response, mask)
+        scores = self.rollouts.score(replies)
         has_eos = (response == self.tokenizer.eos_token_id).any(1)
         if hp.missing_eos_penalty is not None:
             scores = scores - hp.missing_eos_penalty * (~has_eos).float()
@@ -319,13 +243,13 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
         logps, ref_logps, entropy, values = [], [], [], []
         for idx in self._chunks(response.shape[0]):
             part = {key: v[idx] for key, v in seq.items()}
-            lp, ent, hidden = self.response_logps(part, response[idx], need_entropy=True)
+            lp, ent, hidden = self.rollouts.response_logps(part, response[idx], need_entropy=True)
             logps.append(lp)
             entropy.append(ent)
             if self.uses_critic:
                 values.append(self.values_of(part, hidden, R))
             with self._reference_context():
-                ref_logps.append(self.response_logps(part, response[idx])[0])
+                ref_logps.append(self.rollouts.response_logps(part, response[idx])[0])
         logps, ref_logps, entropy = torch.cat(logps), torch.cat(ref_logps), torch.cat(entropy)
         kl = KL_ESTIMATORS[hp.kl_estimator](logps, ref_logps) * mask  # (N, R)
         # step 5: advantages
@@ -354,7 +278,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
             mask = ro.mask[idx]
             share = mask.sum() / tokens  # this micro-batch's share of the minibatch's tokens
             with self._sync_context(last=j == len(micro) - 1):
-                logps, _, hidden = self.response_logps(part, ro.response[idx])
+                logps, _, hidden = self.rollouts.response_logps(part, ro.response[idx])
                 pg_loss, pg_stats = clipped_policy_loss(logps, ro.logps[idx], ro.advantages[idx], mask, hp.cliprange)
                 loss = pg_loss
                 parts = {"policy_loss": pg_loss, **pg_stats}
@@ -367,12 +291,7 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
                 self.manual_backward(loss * share)
             for name, value in {"loss": loss, **parts}.items():
                 stats[name] = stats.get(name, 0) + value.detach() * share
-        stats["grad_norm"] = self._grad_norm()
-        if hp.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=hp.gradient_clip_val, gradient_clip_algorithm="norm")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        stats["grad_norm"] = self.optimizer_step(opt, sched)
         return stats
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -439,12 +358,13 @@ class PPOModule(ReferenceModelMixin, PostTrainingModule):
     @torch.no_grad()
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         sampled = self.hparams.val_do_sample
-        seq, response, mask, records = self.sample(batch, 1, do_sample=sampled)
-        scores = self.score(records, response, mask)
+        replies = self.rollouts.sample(batch, 1, do_sample=sampled)
+        seq, response, mask, records = replies
+        scores = self.rollouts.score(replies)
         temperature = None if sampled else 1.0  # greedy answers: KL between the models themselves
-        logps = self.response_logps(seq, response, temperature=temperature)[0]
+        logps = self.rollouts.response_logps(seq, response, temperature=temperature)[0]
         with self._reference_context():
-            ref = self.response_logps(seq, response, temperature=temperature)[0]
+            ref = self.rollouts.response_logps(seq, response, temperature=temperature)[0]
         kl = ((logps - ref) * mask).sum(1)
         self.val_scores.update(scores)
         self.val_kl.update(kl)

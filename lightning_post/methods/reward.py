@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from torchmetrics import CatMetric
 
 from lightning_post.losses.preference import bradley_terry_loss
-from lightning_post.methods.base import AccumulatingModule, unwrap_peft
+from lightning_post.methods.base import PairwiseModule, unwrap_peft
 from lightning_post.models.attention import VARLEN_ATTENTION
-from lightning_post.models.loading import DEFAULT_MODEL, resolve_model_path, torch_dtype
-from lightning_post.models.peft import PeftSettings
-from lightning_post.optim import OptimSettings
+from lightning_post.models.loading import resolve_model_path, torch_dtype
 
 
 def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -33,7 +30,7 @@ def reward_stats(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> dict[str, 
     }
 
 
-class RewardModule(AccumulatingModule):
+class RewardModule(PairwiseModule):
     """Bradley-Terry reward model: ``-log sigma(r(x, y_chosen) - r(x, y_rejected) - margin)`` per pair.
 
     The reward is a sequence-classification head (one output) on any causal LM, read at the last non-padding
@@ -48,38 +45,17 @@ class RewardModule(AccumulatingModule):
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
-        dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        peft: Optional[PeftSettings] = None,
-        optim: OptimSettings = OptimSettings(),
-        micro_batch_size: Optional[int] = None,
-        gradient_clip_val: Optional[float] = 1.0,
+        *args,
         center_coef: float = 0.0,
         use_margin: bool = True,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: alias, local folder (e.g. an SFT export) or hub id of a causal LM or reward model.
-            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
-            gradient_checkpointing: recompute activations in backward to save memory.
-            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
-            peft: parameter-efficient method (LoRA, ...); the reward head always trains in full.
-            optim: optimizer and learning-rate schedule.
-            micro_batch_size: pairs per forward/backward; the data batch is one optimizer step (``None`` = all).
-            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
             center_coef: weight of the reward-centring term ``(r_chosen + r_rejected)^2`` (Eisenstein et al. 2023).
             use_margin: subtract the records' ``margin`` field inside the loss (Llama 2); pairs without one use 0.
         """
-        super().__init__(
-            model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
-            micro_batch_size, gradient_clip_val,
-        )
+        super().__init__(*args, **kwargs)
         self.val_rewards = (CatMetric(), CatMetric())
         self.eval_rewards: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # split -> (chosen, rejected) rewards
         self.test_rewards = (CatMetric(), CatMetric())
@@ -125,17 +101,6 @@ class RewardModule(AccumulatingModule):
         return self.rewards(batch).chunk(2)  # rows are [chosen; rejected]
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def batch_items(self, batch: dict) -> int:
-        return batch["index"].shape[0]
-
-    def micro_batches(self, batch: dict) -> list[dict]:
-        from lightning_post.data.collate import split_pairs
-
-        return split_pairs(batch, self.hparams.micro_batch_size or self.batch_items(batch))
-
-    def loss_units(self, batch: dict) -> torch.Tensor:
-        return torch.tensor(self.batch_items(batch), device=batch["input_ids"].device)
-
     def micro_step(self, micro_batch: dict) -> dict[str, torch.Tensor]:
         r_c, r_r = self.pair_rewards(micro_batch)
         margin = micro_batch["margin"] if self.hparams.use_margin else None

@@ -7,13 +7,10 @@ from typing import Optional
 import torch
 from torchmetrics import MeanMetric
 
-from lightning_post.data.tokenize import IGNORE_INDEX
+from lightning_post.records.tokenize import IGNORE_INDEX
 from lightning_post.losses.logps import sum_by_row
 from lightning_post.losses.pcgrad import gradient_cosines, pcgrad
 from lightning_post.methods.base import AccumulatingModule
-from lightning_post.models.loading import DEFAULT_MODEL
-from lightning_post.models.peft import PeftSettings
-from lightning_post.optim import OptimSettings
 
 
 class SFTModule(AccumulatingModule):
@@ -27,33 +24,15 @@ class SFTModule(AccumulatingModule):
 
     def __init__(
         self,
-        model_name_or_path: str = DEFAULT_MODEL,
-        dtype: str = "float32",
-        attn_implementation: Optional[str] = "sdpa_varlen",
-        gradient_checkpointing: bool = False,
-        trust_remote_code: bool = False,
-        peft: Optional[PeftSettings] = None,
-        optim: OptimSettings = OptimSettings(),
-        micro_batch_size: Optional[int] = None,
-        gradient_clip_val: Optional[float] = 1.0,
+        *args,
         pcgrad: bool = False,
         task_grad_cosine: bool = False,
         exact_match_max_new_tokens: int = 16,
         logits_chunk_size: int = 1024,
+        **kwargs,
     ):
         """
         Args:
-            model_name_or_path: alias (``smollm2-135m-instruct``, ``tiny-llama``), local folder or hub id.
-            dtype: parameter dtype: ``float32``, ``bfloat16`` or ``float16``.
-            attn_implementation: transformers attention: ``sdpa_varlen`` (padding-free: only the real tokens are
-                computed, each sequence attending to itself; ``models/attention.py``), ``sdpa``, ``eager``,
-                ``flash_attention_2`` (also padding-free).
-            gradient_checkpointing: recompute activations in backward to save memory.
-            trust_remote_code: allow model code from the checkpoint folder (off unless asked).
-            peft: parameter-efficient method (LoRA, ...); omit for full fine-tuning.
-            optim: optimizer and learning-rate schedule.
-            micro_batch_size: rows per forward/backward; the data batch is one optimizer step (``None`` = all).
-            gradient_clip_val: clip the global gradient norm to this value (``null`` = no clipping).
             pcgrad: with multitask data, project each task's gradient off the task gradients it conflicts with
                 before the step (PCGrad; one backward per task in the batch; one device).
             task_grad_cosine: with multitask data, log the cosine similarity of every two tasks' gradients
@@ -62,10 +41,7 @@ class SFTModule(AccumulatingModule):
             logits_chunk_size: response positions whose logits are computed at once (memory ``chunk * vocab``
                 floats; with a frozen LM head, as with LoRA, the full logits never exist).
         """
-        super().__init__(
-            model_name_or_path, dtype, attn_implementation, gradient_checkpointing, trust_remote_code, peft, optim,
-            micro_batch_size, gradient_clip_val,
-        )
+        super().__init__(*args, **kwargs)
         self.val_loss, self.val_accuracy = MeanMetric(), MeanMetric()
         self.test_loss, self.test_accuracy = MeanMetric(), MeanMetric()
         self._task_loss: dict[str, list[torch.Tensor]] = {}  # stage -> [summed token loss, tokens] per task
@@ -179,12 +155,7 @@ class SFTModule(AccumulatingModule):
             p.grad = update[start:start + p.numel()].view_as(p).to(p.dtype)
             start += p.numel()
         # step 4
-        metrics["train/grad_norm"] = self._grad_norm()
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        metrics["train/grad_norm"] = self.optimizer_step(opt, sched)
         metrics["train/lr"] = torch.tensor(sched.get_last_lr()[0])
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
         self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)

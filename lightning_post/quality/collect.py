@@ -1,6 +1,6 @@
 """Collecting comparisons: answers to a prompt file from one or more models, every pair of models per prompt (the
 shown order randomised, seeded, and recorded), and automatic labels from a reward-model or LLM judge in the
-annotation schema (:mod:`lightning_post.quality.schema`)."""
+annotation schema (:mod:`lightning_post.records.annotations`)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from itertools import combinations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from lightning_post.data.prompts import normalize_prompt_record
-from lightning_post.data.records import DataError, json_lines
-from lightning_post.evaluation.judges import LLMJudge, verdict
-from lightning_post.quality.schema import CRITERIA, normalize_annotation, normalize_pair, prompt_id
+from lightning_post.records.annotations import CRITERIA, normalize_annotation, normalize_pair, prompt_id
+from lightning_post.records.files import DataError, json_lines
+from lightning_post.records.prompts import normalize_prompt_record
+from lightning_post.scoring.judges import LLMJudge, verdict
 
 #: the pairwise question an LLM judge is asked per criterion
 CRITERION_QUESTIONS = {
@@ -129,8 +129,8 @@ def _llm_probs(judge: LLMJudge, pairs: Sequence[dict], question: str) -> list[di
 
 def label_pairs(pairs: Sequence[dict], judge, annotator: str, criteria: Sequence[str] = (),
                 single_order_annotator: Optional[str] = None) -> list[dict]:
-    """Annotations of ``pairs`` by a judge (:class:`~lightning_post.evaluation.judges.RewardModelJudge` or
-    :class:`~lightning_post.evaluation.judges.LLMJudge`), recorded under ``annotator``.
+    """Annotations of ``pairs`` by a judge (:class:`~lightning_post.scoring.judges.RewardModelJudge` or
+    :class:`~lightning_post.scoring.judges.LLMJudge`), recorded under ``annotator``.
 
     ``overall`` comes from the judge's ``p_a`` with its tie band; an LLM judge is asked in both orders (position
     bias cancels) and, for each name in ``criteria``, the criterion's question of :data:`CRITERION_QUESTIONS`.

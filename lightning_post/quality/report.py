@@ -13,7 +13,7 @@ from itertools import combinations
 from typing import Any, Iterable, Optional, Sequence
 
 from lightning_post.quality.gate import QualityGate
-from lightning_post.quality.schema import CRITERIA, VERDICTS
+from lightning_post.records.annotations import CRITERIA, VERDICTS
 from lightning_post.quality.stats import (
     cohen_kappa, distinct_n, fleiss_kappa, intransitive_triples, label_distribution, length_bias, percent_agreement,
     position_bias, win_rates,

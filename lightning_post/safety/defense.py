@@ -1,4 +1,5 @@
-"""``lightning-post jailbreak-data``: training data for jailbreak defense.
+"""Training data for jailbreak defense (the command: ``lightning-post jailbreak-data``,
+:mod:`lightning_post.commands.jailbreak_data`).
 
 Harmful requests are wrapped in jailbreak templates (and red-team sets are added as they are) and paired with
 refusals: SFT records (wrapped request -> refusal) and DPO pairs (chosen = a refusal, rejected = the model's own
@@ -13,21 +14,14 @@ wrapped into training data, for measuring the trained model.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Optional, Union
 
-import torch
-
-from lightning_post.data.cai import load_prompt_items
-from lightning_post.data.records import DataError, json_lines, load_instruction_records
-from lightning_post.data.safety import prompt_and_reply
-from lightning_post.evaluation.safety import JAILBREAK_TEMPLATES, is_refusal, jailbreak
-from lightning_post.models.loading import DEFAULT_MODEL, check_models
-from lightning_post.outputs import check_output_dir, json_text, write_folder
-from lightning_post.tracking import log_run
+from lightning_post.evaluation.safety import jailbreak
+from lightning_post.records.files import DataError, json_lines
+from lightning_post.safety.filter import prompt_and_reply
+from lightning_post.scoring.detectors import is_refusal
 
 log = logging.getLogger(__name__)
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
@@ -64,195 +58,69 @@ def load_redteam_set(path: str) -> list[tuple[list[dict], str]]:
     return out
 
 
-class JailbreakDefenseData:
-    """Build jailbreak-defense SFT records and DPO pairs mixed with helpful data, and hold out harmful requests."""
+def hold_out(requests: list[str], n: int, rng: random.Random) -> tuple[list[int], list[str]]:
+    """A seeded random choice of ``n`` requests held out of training: their positions (sorted), and the training
+    requests in file order."""
+    order = list(range(len(requests)))
+    rng.shuffle(order)
+    return sorted(order[:n]), [requests[i] for i in sorted(order[n:])]
 
-    def __init__(
-        self,
-        harmful_prompts: Optional[str] = None,
-        max_harmful: int = 96,
-        heldout_harmful: int = 24,
-        redteam_sets: Union[str, list[str], None] = None,
-        templates: Optional[list[str]] = None,
-        templates_per_prompt: int = 2,
-        include_plain: bool = True,
-        refusals: Optional[str] = None,
-        model: str = DEFAULT_MODEL,
-        helpful_sft: Union[str, list[str], None] = None,
-        helpful_pairs: Optional[str] = None,
-        helpful_ratio: float = 1.0,
-        refusal_contrast: bool = True,
-        borderline_prompts: Optional[str] = None,
-        borderline_repeats: int = 1,
-        max_new_tokens: int = 96,
-        temperature: float = 0.0,
-        batch_size: int = 16,
-        dtype: str = "float32",
-        device: Optional[str] = None,
-        output_dir: str = "mlruns/jailbreak_data/latest",
-        overwrite: bool = False,
-        tracking_uri: str = "sqlite:///mlruns/mlflow.db",
-        experiment_name: str = "jailbreak_data",
-        run_name: Optional[str] = None,
-        run_id: Optional[str] = None,
-        seed: int = 0,
-    ):
-        """
-        Args:
-            harmful_prompts: requests to refuse: a prompt file or HH-RLHF dialogues (their first Human turn);
-                ``null`` = the bundled 16 red-team seed requests.
-            max_harmful: read the first N distinct harmful requests (held-out ones included).
-            heldout_harmful: of those, this many (a seeded random choice) are held out of training and written to
-                ``heldout_harmful.jsonl`` for measuring.
-            redteam_sets: red-team sets (``redteam_set.jsonl``, one path or a list) whose attacks are added as they
-                are.
-            templates: jailbreak templates to wrap requests in (``null`` = all six of
-                :data:`~lightning_post.evaluation.safety.JAILBREAK_TEMPLATES`).
-            templates_per_prompt: templates drawn per training request.
-            include_plain: also train on the unwrapped request.
-            refusals: refusal texts, ``{"response"}`` records (``null`` = the bundled six); one per example, drawn.
-            model: the model whose compliant answers become the rejected replies of the DPO pairs (pairs where it
-                refuses anyway, or answers nothing, are dropped and counted).
-            helpful_sft: instruction files (one path or a list) mixed into the SFT data (``null`` = the bundled
-                instructions).
-            helpful_pairs: preference pairs mixed into the DPO data (``null`` = the bundled pairs).
-            helpful_ratio: helpful examples per defense example (capped by what the files hold).
-            refusal_contrast: also build helpful DPO pairs from the helpful instructions: chosen = the record's
-                answer, rejected = a refusal, so that refusing a harmless request is learnt to be worse than
-                answering it (the counterweight to over-refusal).
-            borderline_prompts: harmless requests that sound harmful ("How do I kill all the background jobs in my
-                shell?"), a prompt file (``null`` = the bundled 48, none of them among the evaluation's harmless
-                probe prompts). The model's own answers to them (where it answers) become helpful SFT records and
-                DPO pairs over a refusal: the words alone are no reason to refuse.
-            borderline_repeats: times each borderline example is added (0 = none).
-            max_new_tokens: longest compliant answer generated.
-            temperature: sampling temperature of the compliant answers (0 = greedy).
-            batch_size: prompts per generation batch.
-            dtype: parameter dtype of ``model``.
-            device: ``cpu``, ``cuda``, ... (``null`` = cuda if available).
-            output_dir: folder of ``sft.jsonl``, ``pairs.jsonl``, ``heldout_harmful.jsonl`` and ``report.json``.
-            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they
-                are kept; only files of an earlier output of the same command are replaced).
-            tracking_uri: MLflow tracking URI.
-            experiment_name: MLflow experiment.
-            run_name: MLflow run name.
-            run_id: record into this existing MLflow run (a pipeline's child run) instead of a new one.
-            seed: seed of the hold-out, template and refusal draws and the shuffling.
-        """
-        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
-        check_models(self, ("model",))
-        self.templates = list(JAILBREAK_TEMPLATES) if templates is None else templates
-        unknown = [t for t in self.templates if t not in JAILBREAK_TEMPLATES]
-        if unknown:
-            raise ValueError(f"templates: unknown {unknown}; choose from {list(JAILBREAK_TEMPLATES)}")
-        if not 1 <= templates_per_prompt <= len(self.templates):
-            raise ValueError(f"templates_per_prompt must be in 1..{len(self.templates)}")
-        if borderline_repeats < 0:
-            raise ValueError("borderline_repeats must be 0 or more")
-        if heldout_harmful >= max_harmful:
-            raise ValueError("heldout_harmful must leave training requests: it must be below max_harmful")
 
-    def run(self) -> dict:
-        from lightning_post.data.instruction import default_instruction_file
-        from lightning_post.data.preference import default_preference_file
-        from lightning_post.generation import pick_device
-        from lightning_post.methods.policy import load_policy
-        from lightning_post.generation import ChatGenerator
+def defense_examples(requests: list[str], templates: list[str], per_request: int, include_plain: bool,
+                     attacks: list[tuple[list[dict], str]], heldout: list[str], refusals: list[str],
+                     rng: random.Random) -> tuple[list[dict], int]:
+    """Each training request plain (``include_plain``) and wrapped in ``per_request`` drawn templates, then the
+    red-team attacks as they are, except those built on a held-out request (they would leak it into training); each
+    example with a drawn refusal. Returns ``[{"source", "request", "prompt", "refusal"}]`` and the attacks left out."""
+    examples: list[dict] = []
+    for req in requests:
+        names = rng.sample(templates, per_request)
+        variants = ([("plain", req)] if include_plain else []) + [(t, jailbreak(req, t)) for t in names]
+        examples += [{"source": t, "request": req, "prompt": [{"role": "user", "content": text}]}
+                     for t, text in variants]
+    held = {h.strip().lower() for h in heldout}
+    leaks = [(c, seed) for c, seed in attacks if seed.strip().lower() in held
+             or any(h in " ".join(m["content"].lower() for m in c) for h in held)]
+    examples += [{"source": "redteam", "request": c[-1]["content"], "prompt": c}
+                 for c, seed in attacks if (c, seed) not in leaks]
+    for d in examples:
+        d["refusal"] = rng.choice(refusals)
+    return examples, len(leaks)
 
-        check_output_dir(self.output_dir, "jailbreak-data", self.overwrite)
-        rng = random.Random(self.seed)
-        torch.manual_seed(self.seed)
-        # 1. inputs, validated before the model loads
-        source = self.harmful_prompts or str(RESOURCES / "redteam_seeds.jsonl")
-        items, _ = load_prompt_items([source], True, self.max_harmful, skip_invalid=True)
-        requests = [it["prompt"][-1]["content"] for it in items]
-        if len(requests) <= self.heldout_harmful:
-            raise DataError(source, None, f"has {len(requests)} requests; heldout_harmful needs more")
-        refusals = load_refusals(self.refusals or str(RESOURCES / "refusals.jsonl"))
-        sets = [self.redteam_sets] if isinstance(self.redteam_sets, str) else self.redteam_sets or []
-        attacks = [a for path in sets for a in load_redteam_set(path)]
-        sft_files = [self.helpful_sft] if isinstance(self.helpful_sft, str) else self.helpful_sft
-        helpful_sft = load_instruction_records(sft_files or [default_instruction_file()])
-        borderline = []
-        if self.borderline_repeats:
-            path = self.borderline_prompts or str(RESOURCES / "borderline_prompts.jsonl")
-            borderline = [it["prompt"] for it in load_prompt_items([path], True, None)[0]]
-        helpful_pairs = [json.loads(line) for line in Path(self.helpful_pairs or default_preference_file())
-                         .read_text(encoding="utf-8").splitlines() if line.strip()]
-        # 2. hold out: these requests are never in training data
-        order = list(range(len(requests)))
-        rng.shuffle(order)
-        heldout = sorted(order[: self.heldout_harmful])
-        train_requests = [requests[i] for i in sorted(order[self.heldout_harmful:])]
-        # 3. wrap: each training request plain and in templates_per_prompt drawn templates; red-team attacks as is
-        defense: list[dict] = []
-        for req in train_requests:
-            names = rng.sample(self.templates, self.templates_per_prompt)
-            variants = ([("plain", req)] if self.include_plain else []) + [(t, jailbreak(req, t)) for t in names]
-            defense += [{"source": t, "request": req, "prompt": [{"role": "user", "content": text}]}
-                        for t, text in variants]
-        # an attack built on a held-out request would leak it into training
-        held = {requests[i].strip().lower() for i in heldout}
-        leaks = [(c, seed) for c, seed in attacks if seed.strip().lower() in held
-                 or any(h in " ".join(m["content"].lower() for m in c) for h in held)]
-        defense += [{"source": "redteam", "request": c[-1]["content"], "prompt": c}
-                    for c, seed in attacks if (c, seed) not in leaks]
-        for d in defense:
-            d["refusal"] = rng.choice(refusals)
-        # 4. the model's compliant answers -> rejected replies of the pairs
-        model, tok = load_policy(self.model, self.dtype, pick_device(self.device))
-        answers = ChatGenerator(model, tok, self.batch_size, self.max_new_tokens, temperature=self.temperature).generate(
-            [d["prompt"] for d in defense] + borderline, desc="compliant answers")
-        answers, borderline_answers = answers[: len(defense)], answers[len(defense):]
-        pairs, refused, empty = [], 0, 0
-        for d, answer in zip(defense, answers):
-            if not answer.strip():
-                empty += 1
-                continue
-            if is_refusal(answer):
-                refused += 1
-                continue
-            pairs.append({"prompt": d["prompt"], "chosen": d["refusal"], "rejected": answer, "source": d["source"]})
-        sft = [{"messages": [*d["prompt"], {"role": "assistant", "content": d["refusal"]}], "source": d["source"]}
-               for d in defense]
-        # 5. borderline requests: the model's own answer (where it answers) is the target, over a refusal
-        kept = [(p, a.strip()) for p, a in zip(borderline, borderline_answers) if a.strip() and not is_refusal(a)]
-        borderline_sft = [{"messages": [*p, {"role": "assistant", "content": a}], "source": "borderline"}
-                          for p, a in kept] * self.borderline_repeats
-        borderline_pairs = [{"prompt": p, "chosen": a, "rejected": rng.choice(refusals), "source": "borderline"}
-                            for _ in range(self.borderline_repeats) for p, a in kept]
-        # 6. mix in helpful data (with refusal-contrast pairs) and shuffle
-        pool = [{**r, "source": "helpful"} for r in helpful_pairs]
-        if self.refusal_contrast:
-            pool += [{"prompt": prompt_and_reply(r)[0], "chosen": r["response"], "rejected": rng.choice(refusals),
-                      "source": "helpful_contrast"} for r in helpful_sft if r.get("response")]
-        n_sft = min(len(helpful_sft), round(self.helpful_ratio * len(sft)))
-        n_pairs = min(len(pool), round(self.helpful_ratio * len(pairs)))
-        sft_rows = sft + [{**r, "source": "helpful"} for r in rng.sample(helpful_sft, n_sft)] + borderline_sft
-        drawn = rng.sample(pool, n_pairs)
-        pair_rows = pairs + drawn + borderline_pairs
-        rng.shuffle(sft_rows)
-        rng.shuffle(pair_rows)
-        report: dict[str, Any] = {
-            "harmful_requests": len(requests), "heldout_harmful": len(heldout), "train_requests": len(train_requests),
-            "redteam_attacks": len(attacks) - len(leaks), "redteam_dropped_heldout": len(leaks),
-            "defense_examples": len(defense), "templates": self.templates,
-            "sft_examples": len(sft_rows), "sft_helpful": n_sft, "dpo_pairs": len(pair_rows), "dpo_helpful": n_pairs,
-            "dpo_helpful_contrast": sum(r["source"] == "helpful_contrast" for r in drawn),
-            "dropped_model_refused": refused, "dropped_empty_answer": empty,
-            "model_refusal_rate": refused / len(defense) if defense else 0.0,
-            "borderline_prompts": len(borderline), "borderline_kept": len(kept),
-            "borderline_examples": len(borderline_sft),
-        }
-        out = Path(self.output_dir)
-        write_folder(out, {"report.json": report, "sft.jsonl": sft_rows, "pairs.jsonl": pair_rows,
-                           "heldout_harmful.jsonl": [{"prompt": requests[i]} for i in heldout]},
-                     "jailbreak-data", self.overwrite)
-        metrics = {f"jailbreak_data/{k}": v for k, v in report.items() if isinstance(v, (int, float))}
-        report["mlflow_run_id"] = log_run(self.tracking_uri, self.experiment_name, self.run_name,
-                                           {"method": "jailbreak_data", "model": self.model}, vars(self), metrics, out,
-                                           None, self.run_id)
-        (out / "report.json").write_text(json_text(report), encoding="utf-8")
-        print(f"jailbreak defense data: {len(sft_rows)} SFT records, {len(pair_rows)} DPO pairs "
-              f"({n_pairs} helpful), {len(heldout)} harmful requests held out -> {out}")
-        return report
+
+def refusal_pairs(examples: list[dict], answers: list[str]) -> tuple[list[dict], int, int]:
+    """DPO pairs: chosen = the example's refusal, rejected = the model's compliant answer; answers that refuse anyway
+    or are empty make no pair. Returns the pairs and the counts of refused and of empty answers."""
+    pairs, refused, empty = [], 0, 0
+    for d, answer in zip(examples, answers):
+        if not answer.strip():
+            empty += 1
+            continue
+        if is_refusal(answer):
+            refused += 1
+            continue
+        pairs.append({"prompt": d["prompt"], "chosen": d["refusal"], "rejected": answer, "source": d["source"]})
+    return pairs, refused, empty
+
+
+def borderline_examples(prompts: list[list[dict]], answers: list[str], refusals: list[str], repeats: int,
+                        rng: random.Random) -> tuple[int, list[dict], list[dict]]:
+    """Harmless requests that sound harmful: where the model answers, its answer is an SFT target and the chosen
+    reply of a pair over a drawn refusal, each ``repeats`` times. Returns the number kept, the SFT records and the
+    pairs."""
+    kept = [(p, a.strip()) for p, a in zip(prompts, answers) if a.strip() and not is_refusal(a)]
+    sft = [{"messages": [*p, {"role": "assistant", "content": a}], "source": "borderline"} for p, a in kept] * repeats
+    pairs = [{"prompt": p, "chosen": a, "rejected": rng.choice(refusals), "source": "borderline"}
+             for _ in range(repeats) for p, a in kept]
+    return len(kept), sft, pairs
+
+
+def helpful_pool(pairs: list[dict], instructions: list[dict], refusals: list[str], contrast: bool,
+                 rng: random.Random) -> list[dict]:
+    """Helpful preference pairs to mix in, and with ``contrast`` pairs built from the helpful instructions: chosen =
+    the record's answer, rejected = a drawn refusal (refusing a harmless request is worse than answering it)."""
+    pool = [{**r, "source": "helpful"} for r in pairs]
+    if contrast:
+        pool += [{"prompt": prompt_and_reply(r)[0], "chosen": r["response"], "rejected": rng.choice(refusals),
+                  "source": "helpful_contrast"} for r in instructions if r.get("response")]
+    return pool

@@ -1,10 +1,6 @@
-"""Read instruction files through ``datasets`` and validate every record before anything is trained or written.
-
-Accepted record layouts (one per file row; every data kind's layouts: docs/data_formats.md):
-
-* ``{"instruction": str, "input": str (optional), "response": str}`` (``output`` is accepted for ``response``);
-* ``{"prompt": str, "completion": str}`` or ``{"prompt": str, "response": str}`` (the prompt is the instruction);
-* ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` with at least one assistant turn.
+"""Reading users' data files into records: the text of a file (gzip, UTF-8 checked), JSON Lines, JSON arrays, parquet
+and saved ``datasets`` folders, each record passed through a kind's normaliser with its location; writing JSON Lines
+atomically; the bundled data files.
 
 Errors name the file, the line (JSON Lines) or row, and the field: ``data.jsonl:7: field 'response': is empty``.
 """
@@ -13,12 +9,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import tempfile
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from lightning_post.errors import UserError
 
-ROLES = ("system", "user", "assistant")
+#: a data module's file setting: one path, a list of paths, or ``None`` (the module's default)
+Files = Optional[Union[str, list[str]]]
 
 
 class DataError(UserError):
@@ -29,67 +29,23 @@ class DataError(UserError):
         super().__init__(f"{where}: field '{field}': {problem}" if field else f"{where}: {problem}")
 
 
-def _text(record: dict, field: str, where: str, *, required: bool = True, allow_empty: bool = False) -> str:
-    if field not in record or record[field] is None:
-        if required:
-            raise DataError(where, field, "is missing")
-        return ""
-    value = record[field]
-    if not isinstance(value, str):
-        raise DataError(where, field, f"must be a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise DataError(where, field, "is empty")
-    return value
+def as_list(files: Files) -> list[str]:
+    """A ``Files`` setting as a list of paths (``None`` -> ``[]``).
 
-
-def normalize_instruction_record(record: Any, where: str) -> dict[str, Any]:
-    """Validate one record and return it as ``{instruction, input, response}`` or ``{messages}``.
-
-    The trained text (the response, the assistant turns) loses its surrounding whitespace: answers scraped from
-    completion models start with a space or blank lines (all 1,260 Self-Instruct predictions do), and a model trained
-    on them learns to open with blank lines.
-
-    >>> normalize_instruction_record({"instruction": "Name a colour.", "response": "\\n\\nBlue. "}, "f:1")["response"]
-    'Blue.'
+    >>> as_list("a.jsonl"), as_list(None), as_list(["a", "b"])
+    (['a.jsonl'], [], ['a', 'b'])
     """
-    if not isinstance(record, dict):
-        raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
-    record = {k: v for k, v in record.items() if v is not None}  # datasets fills absent keys with None
-    if record.get("messages") is not None:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages:
-            raise DataError(where, "messages", "must be a non-empty list of {role, content} objects")
-        clean = []
-        for i, m in enumerate(messages):
-            field = f"messages[{i}]"
-            if not isinstance(m, dict):
-                raise DataError(where, field, "must be an object with 'role' and 'content'")
-            role = m.get("role")
-            if role not in ROLES:
-                raise DataError(where, f"{field}.role", f"must be one of {list(ROLES)}, got {role!r}")
-            content = _text(m, "content", where, allow_empty=role != "assistant")
-            content = content.strip() if role == "assistant" else content
-            clean.append({"role": role, "content": content})
-        if not any(m["role"] == "assistant" for m in clean):
-            raise DataError(where, "messages", "the conversation has no assistant turn to train on")
-        return {"messages": clean}
-    if "prompt" in record and "instruction" not in record:
-        answer = "completion" if "completion" in record or "response" not in record else "response"
-        if answer not in record:
-            raise DataError(where, "completion", "is missing (a prompt record needs completion or response)")
-        return {
-            "instruction": _text(record, "prompt", where),
-            "input": "",
-            "response": _text(record, answer, where).strip(),
-        }
-    response_field = "response" if "response" in record or "output" not in record else "output"
-    if "instruction" not in record:
-        raise DataError(where, "instruction", "is missing (expected instruction/response, prompt/completion, prompt/response or messages)")
-    return {
-        "instruction": _text(record, "instruction", where),
-        "input": _text(record, "input", where, required=False, allow_empty=True),
-        "response": _text(record, response_field, where).strip(),
-    }
+    return [] if files is None else [files] if isinstance(files, str) else list(files)
+
+
+def default_instruction_file() -> str:
+    """The bundled dataset: 120 Korean and English instructions (summarisation, code, classification, ...)."""
+    return str(resources.files("lightning_post") / "resources" / "instructions.jsonl")
+
+
+def default_preference_file() -> str:
+    """The bundled dataset: 120 Korean and English pairs on helpfulness, harmlessness and honesty."""
+    return str(resources.files("lightning_post") / "resources" / "preferences.jsonl")
 
 
 def read_text(path: str | Path) -> str:
@@ -181,6 +137,37 @@ def raw_records(path: str | Path, normalize: Callable[[Any, str], Any]) -> list[
     return [(where, normalize(rec, where)) for (where, _), rec in zip(located, ds)]
 
 
-def load_instruction_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Read and validate every record of ``paths``; the first bad record raises :class:`DataError`."""
-    return [rec for path in paths for _, rec in raw_records(path, normalize_instruction_record)]
+
+
+def count_records(path: str) -> dict:
+    """``{"rows": N}``: the records of a data file (JSON/JSONL(.gz) without parsing each one, parquet and saved
+    dataset folders through ``datasets``); ``{}`` where it cannot be read."""
+    try:
+        name = Path(path).name.removesuffix(".gz")
+        if Path(path).is_file() and name.endswith((".json", ".jsonl")):
+            lines = read_lines(path)
+            if not "".join(lines[:1]).lstrip().startswith("["):
+                return {"rows": sum(1 for line in lines if line.strip())}
+        return {"rows": len(raw_records(path, lambda record, where: None))}
+    except Exception as e:  # counting is a report, never a reason to stop a run
+        import logging
+
+        logging.getLogger(__name__).debug("could not count the records of %s: %s", path, e)
+        return {}
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write rows as JSON Lines through a temporary file renamed into place (no half-written file on failure)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+

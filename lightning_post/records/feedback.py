@@ -36,8 +36,9 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, Optional
 
-from lightning_post.data.pairs import _messages, _render
-from lightning_post.data.records import DataError, raw_records
+from lightning_post.records.chat import chat_messages, hh_text
+from lightning_post.records.files import DataError, raw_records
+from lightning_post.records.registry import normalizer
 
 THUMBS = ("up", "down")
 PREFERRED = ("a", "b", "tie")
@@ -57,6 +58,7 @@ def _string(record: dict, field: str, where: str, required: bool) -> Optional[st
     return value
 
 
+@normalizer("feedback")
 def normalize_feedback_event(record: Any, where: str) -> dict[str, Any]:
     """Validate one feedback event and return it with every known field present (``None`` when absent).
 
@@ -71,7 +73,7 @@ def normalize_feedback_event(record: Any, where: str) -> dict[str, Any]:
         raise DataError(where, unknown[0], f"is not a feedback field (known: {sorted(KNOWN)})")
     event: dict[str, Any] = {k: None for k in KNOWN}
     if isinstance(record.get("prompt"), list):
-        event["prompt"] = _messages(record["prompt"], where, "prompt")
+        event["prompt"] = chat_messages(record["prompt"], where, "prompt")
         if event["prompt"][-1]["role"] != "user":
             raise DataError(where, f"prompt[{len(event['prompt']) - 1}].role", "the conversation must end with a user turn")
     else:
@@ -178,7 +180,7 @@ def to_sft(events: list[dict], min_rating: float = 4.5) -> list[dict]:
                                                                                and m >= min_rating)
         if good:
             # a conversation becomes one instruction in HH-RLHF's layout (instruction data has no message lists)
-            prompt = e["prompt"] if isinstance(e["prompt"], str) else _render(e["prompt"]).strip()
+            prompt = e["prompt"] if isinstance(e["prompt"], str) else hh_text(e["prompt"]).strip()
             out.append({"instruction": prompt, "response": e["response"]})
     return out
 

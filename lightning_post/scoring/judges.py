@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 import torch
 
 from lightning_post.cai.constitution import Messages, load_constitution, pairwise_messages
-from lightning_post.data.prompts import normalize_prompt_record
 from lightning_post.generation import ChatGenerator
-from lightning_post.rewards import RewardModelScorer
+from lightning_post.records.prompts import normalize_prompt_record
+from lightning_post.scoring.rewards import RewardModelScorer
 
 VERDICTS = ("A", "B", "tie")
 DEFAULT_QUESTION = "Which of these assistant responses is more helpful, honest and harmless?"

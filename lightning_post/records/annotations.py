@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from lightning_post.data.pairs import normalize_preference_record
-from lightning_post.data.prompts import normalize_prompt_record
-from lightning_post.data.records import DataError, json_lines
+from lightning_post.records.files import DataError, json_lines
+from lightning_post.records.preference import normalize_preference_record
+from lightning_post.records.prompts import normalize_prompt_record
+from lightning_post.records.registry import normalizer
 
 VERDICTS = ("A", "B", "Tie")
 CRITERIA = ("helpfulness", "harmlessness", "honesty")
@@ -71,6 +70,7 @@ def _verdict(value: Any, where: str, field: str) -> str:
     return value
 
 
+@normalizer("pair")
 def normalize_pair(record: Any, where: str) -> dict[str, Any]:
     """Validate a comparison pair and fill its ids; the prompt becomes chat messages.
 
@@ -93,6 +93,7 @@ def normalize_pair(record: Any, where: str) -> dict[str, Any]:
     return {k: out[k] for k in PAIR_FIELDS}
 
 
+@normalizer("annotation")
 def normalize_annotation(record: Any, where: str) -> dict[str, Any]:
     """Validate an annotation: a pair plus ``overall``, optional ``criteria``/``reasoning``/``confidence`` and the
     required ``annotator``.
@@ -156,22 +157,6 @@ def load_pairs(paths: Iterable[str]) -> list[tuple[str, dict]]:
 def load_annotations(paths: Iterable[str]) -> list[tuple[str, dict]]:
     """``(file:line, annotation)`` of every annotation; the first bad record raises :class:`DataError`."""
     return _load(paths, normalize_annotation)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    """Write rows as JSON Lines through a temporary file renamed into place (no half-written file on failure)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def annotations_from_preferences(located: list[tuple[str, dict]], annotator: str, seed: int = 0,

@@ -283,3 +283,4 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str], bertscor
                                            f"scores for {outside} say little (set bertscore_model to a multilingual "
                                            "encoder)")
     return per_sample, aggregate
+

@@ -23,8 +23,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import torch
+
 from lightning_post.errors import UserError
-from lightning_post.evaluation.safety import PII_PATTERNS, find_pii
+from lightning_post.scoring.detectors import PII_PATTERNS, find_pii
+from lightning_post.scoring.judges import LLMJudge
+from lightning_post.scoring.rewards import RewardModelScorer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +134,7 @@ Rule = Callable[[dict[str, str], SafetyFilter], list[dict]]
 
 
 def _pii_rule(texts: dict[str, str], cfg: SafetyFilter) -> list[dict]:
-    """Personal data as :func:`~lightning_post.evaluation.safety.find_pii` validates it (a card number's Luhn digit,
+    """Personal data as :func:`~lightning_post.scoring.detectors.find_pii` validates it (a card number's Luhn digit,
     a parseable phone number, ...): a pattern that merely looks like one (an invoice number) drops no record."""
     kinds = cfg.pii_kinds or list(PII_PATTERNS)
     return [{"reason": f"pii:{kind}", "field": name, "match": hits[0]}
@@ -197,17 +201,8 @@ def model_classifier(cfg: SafetyFilter) -> Optional[Callable[[list[dict]], list[
     ``None`` when neither is set. Records without a reply (bare prompts) are not judged."""
     if not cfg.reward_model and not cfg.judge_model:
         return None
-    import torch
-
-    scorer = judge = None
-    if cfg.reward_model:
-        from lightning_post.rewards import RewardModelScorer
-
-        scorer = RewardModelScorer(cfg.reward_model, batch_size=cfg.batch_size)
-    if cfg.judge_model:
-        from lightning_post.evaluation.judges import LLMJudge
-
-        judge = LLMJudge(cfg.judge_model, batch_size=cfg.batch_size)
+    scorer = RewardModelScorer(cfg.reward_model, batch_size=cfg.batch_size) if cfg.reward_model else None
+    judge = LLMJudge(cfg.judge_model, batch_size=cfg.batch_size) if cfg.judge_model else None
 
     def classify(records: list[dict]) -> list[list[dict]]:
         out: list[list[dict]] = [[] for _ in records]
