@@ -22,6 +22,7 @@ _EXPORTS = {
     "CAIModule": "lightning_post.methods.cai",
     "DPOModule": "lightning_post.methods.dpo",
     "KTOModule": "lightning_post.methods.kto",
+    "OnlineDPOModule": "lightning_post.methods.online_dpo",
     "PPOModule": "lightning_post.methods.ppo",
     "RewardModule": "lightning_post.methods.reward",
     "SFTModule": "lightning_post.methods.sft",
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from lightning_post.methods.cai import CAIModule
     from lightning_post.methods.dpo import DPOModule
     from lightning_post.methods.kto import KTOModule
+    from lightning_post.methods.online_dpo import OnlineDPOModule
     from lightning_post.methods.ppo import PPOModule
     from lightning_post.methods.reward import RewardModule
     from lightning_post.methods.sft import SFTModule

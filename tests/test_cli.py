@@ -29,7 +29,7 @@ def test_every_config_prints(tmp_path, monkeypatch):
     overlays = [p for p in every if folder[p] in ("strategies", "datasets")]  # added to another config
     base = [p for p in every if p not in commands and p not in data and p not in pipelines
             and p not in method_overlays and p not in overlays]
-    assert {folder[p] for p in base} == {"sft", "reward", "dpo", "kto", "ppo", "cai"}
+    assert {folder[p] for p in base} == {"sft", "reward", "dpo", "kto", "ppo", "cai", "online_dpo"}
     assert all((CONFIGS / f / "default.yaml").exists() and (CONFIGS / f / "tiny.yaml").exists()
                for f in {folder[p] for p in base} | {folder[p] for p in commands} | {"pipeline"})
     assert [p.name for p in pipelines] == ["default.yaml", "safety.yaml", "tiny.yaml", "tiny_safety.yaml"]

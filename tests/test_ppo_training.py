@@ -24,11 +24,11 @@ NEWLINE = 198  # the random tiny model writes it ~7% of the time at temperature 
 
 
 def ppo(tiny_path, **kw) -> PPOModule:
-    kw.setdefault("estimator", "gae")
-    kw.setdefault("samples_per_prompt", 4)
-    return PPOModule(tiny_path, optim=OptimSettings(lr=0.003, warmup_steps=0, schedule="constant"),
-                     reward_fn="lightning_post.scoring.rewards:token_fraction", reward_fn_kwargs={"token_ids": [NEWLINE]},
-                     max_new_tokens=8, temperature=0.1, kl_coef=0.01, log_rollouts_every_n_steps=0, **kw)
+    """The tiny PPO run of these tests; ``kw`` overrides any of its settings."""
+    settings = dict(estimator="gae", samples_per_prompt=4, reward_fn="lightning_post.scoring.rewards:token_fraction",
+                    reward_fn_kwargs={"token_ids": [NEWLINE]}, max_new_tokens=8, temperature=0.1, kl_coef=0.01,
+                    log_rollouts_every_n_steps=0)
+    return PPOModule(tiny_path, optim=OptimSettings(lr=0.003, warmup_steps=0, schedule="constant"), **{**settings, **kw})
 
 
 def prompts(tiny_path, **kw) -> PromptDataModule:

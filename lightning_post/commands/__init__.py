@@ -65,6 +65,8 @@ DATA_COMMANDS = {
     "convert": Entry("annotations -> a training preference file", "lightning_post.commands.data:DataConvert"),
     "feedback": Entry("deployment feedback (ratings, thumbs) -> KTO, preference and SFT files and a report",
                       "lightning_post.commands.feedback:DataFeedback"),
+    "arithmetic": Entry("a verifiable task: seeded arithmetic prompts with answers, train and held-out",
+                        "lightning_post.commands.data:DataArithmetic"),
 }
 
 

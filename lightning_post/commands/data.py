@@ -1,11 +1,12 @@
 """``lightning-post data <command>``: build, label, check and convert preference data (``data feedback`` is in
-:mod:`lightning_post.commands.feedback`).
+:mod:`lightning_post.commands.feedback`), and write the prompts of a verifiable task (``data arithmetic``).
 
     lightning-post data pairs --responses '../shared/data/instructions/predictions/*.jsonl' --output pairs.jsonl
     lightning-post data pairs --models '[smollm2-135m-instruct, exports/dpo/model]' --prompts prompts.jsonl --output pairs.jsonl
     lightning-post data label --pairs pairs.jsonl --judge llm --output judged.jsonl
     lightning-post data report --annotations '[judged.jsonl, people.jsonl]' --output_dir reports/judged
     lightning-post data convert --annotations people.jsonl --output train.jsonl --ties half
+    lightning-post data arithmetic --output_dir data/arithmetic --train_size 2000 --heldout_size 200
 
 Every command validates its input completely first (a bad record stops it with file, line and field) and writes its
 output through a temporary file, so a failed run leaves nothing half-written.
@@ -18,11 +19,12 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from lightning_post.commands.base import Command, OnDevice, Paths, Recorded, Seeded, expand
+from lightning_post.commands.base import Command, OnDevice, Paths, Recorded, Seeded, check_counts, expand
 from lightning_post.models.loading import check_models
 from lightning_post.outputs import check_output_dir, finite_json, write_folder
 from lightning_post.quality.collect import build_pairs, generate_responses, label_pairs, load_responses
 from lightning_post.quality.report import QualityGate, gate_findings, key_names, plots, quality_report, render_page
+from lightning_post.records.arithmetic import arithmetic_records
 from lightning_post.records.annotations import (
     annotations_from_preferences,
     load_annotations,
@@ -287,5 +289,43 @@ class DataConvert(Command):
         rows = to_preference_records(anns, self.criterion, self.ties, self.confidence_weight)
         write_jsonl(self.output, rows)
         summary = {"annotations": len(anns), "pairs": len(rows), "output": self.output}
+        print(json.dumps(summary))
+        return summary
+
+
+class DataArithmetic(Seeded):
+    """The prompts of a verifiable task: arithmetic questions with their answers (``{"prompt", "answer"}``), written
+    as ``train.jsonl`` and ``heldout.jsonl``, whose problems never overlap (a fixed rule of each problem decides its
+    split). For RL with the ``exact_answer`` reward (configs/ppo/grpo_arithmetic.yaml)."""
+
+    def __init__(self, output_dir: str = "data/arithmetic", train_size: int = 2000, heldout_size: int = 200,
+                 language: str = "en", operations: str = "+-", max_operand: int = 99, overwrite: bool = False,
+                 **kwargs):
+        """
+        Args:
+            output_dir: folder of ``train.jsonl`` and ``heldout.jsonl``.
+            train_size: training prompts.
+            heldout_size: held-out prompts.
+            language: ``en``, ``ko`` or ``both`` (each question's language drawn).
+            operations: the operations asked, from ``+-*``.
+            max_operand: operands are integers from 0 to this (a subtraction never goes below 0).
+            overwrite: write into an existing ``output_dir`` that holds files this command did not write (they are
+                kept; only files of an earlier output of this command are replaced).
+            seed: seed of the draw of problems (each split is drawn with its own seed from this one).
+            **kwargs: the settings of :class:`~lightning_post.commands.base.Seeded`.
+        """
+        super().__init__(**kwargs)
+        self.keep(locals())
+        check_counts(self, ("train_size", "heldout_size", "max_operand"), positive=("max_operand",))
+        settings = {"language": language, "operations": operations, "max_operand": max_operand}
+        # drawn here (milliseconds): an impossible request (more problems than the split has) is a setting's error
+        self.splits = {"train": arithmetic_records(train_size, self.seed, "train", **settings),
+                       "heldout": arithmetic_records(heldout_size, self.seed + 1, "heldout", **settings)}
+
+    def run(self) -> dict:
+        splits = self.splits
+        out = write_folder(self.output_dir, {f"{name}.jsonl": rows for name, rows in splits.items()},
+                           "data arithmetic", self.overwrite)
+        summary = {**{name: len(rows) for name, rows in splits.items()}, "output_dir": str(out)}
         print(json.dumps(summary))
         return summary

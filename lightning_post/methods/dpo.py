@@ -98,6 +98,35 @@ def loss_setting_values(loss_types: list[str], knobs: dict[str, tuple[float, flo
     return values
 
 
+def selected_losses(module: type, hparams) -> tuple[list[str], list[float], dict[str, float]]:
+    """The losses a DPO-family module's arguments select (``hparams``: its ``loss_type``, ``loss_weights``,
+    ``loss_settings`` and the :data:`LOSS_KNOBS`, whose defaults are read from ``module``'s signature), their weights
+    and the settings they are called with (:func:`loss_setting_values`). ``ValueError`` for an unknown loss, a weight
+    count that does not match, or ``exo_pair`` without ``label_smoothing``."""
+    loss_types = [hparams["loss_type"]] if isinstance(hparams["loss_type"], str) else list(hparams["loss_type"])
+    unknown = [t for t in loss_types if t not in DPO_LOSSES]
+    if unknown or not loss_types:
+        names = ", ".join(map(repr, unknown)) or "[]"
+        raise ValueError(f"loss_type {names} is unknown; choose from {sorted(DPO_LOSSES)}")
+    weights = hparams["loss_weights"]
+    loss_weights = list(weights) if weights is not None else [1.0] * len(loss_types)
+    if len(loss_weights) != len(loss_types):
+        raise ValueError(f"loss_weights has {len(loss_weights)} values for {len(loss_types)} losses")
+    if "exo_pair" in loss_types and not hparams["label_smoothing"] > 0:
+        raise ValueError("loss_type exo_pair needs label_smoothing > 0 (e.g. 1e-3)")
+    signature = inspect.signature(module.__init__).parameters
+    knobs = {k: (hparams[k], signature[k].default) for k in LOSS_KNOBS}
+    return loss_types, loss_weights, loss_setting_values(loss_types, knobs, hparams["loss_settings"])
+
+
+def loss_setting_rules(hp) -> list[tuple[str, bool, str]]:
+    """The ``setting_rules`` of a DPO-family module's loss arguments (``loss_type`` and the :data:`LOSS_KNOBS`)."""
+    types = [hp.loss_type] if isinstance(hp.loss_type, str) else list(hp.loss_type)
+    return [("beta", hp.beta > 0, "> 0 (a negative beta trains toward the rejected replies)"),
+            ("label_smoothing", 0 <= hp.label_smoothing < 0.5, "in [0, 0.5)"),
+            ("simpo_gamma", hp.simpo_gamma >= 0, ">= 0"), ("discopop_tau", hp.discopop_tau > 0, "> 0"),
+            ("loss_type", bool(types), "a loss name or a non-empty list of them")]
+
 class DPOModule(ReferenceModelMixin, PairwiseModule):
     """Preference optimisation against a reference model, with the loss selected by ``loss_type``.
 
@@ -148,19 +177,7 @@ class DPOModule(ReferenceModelMixin, PairwiseModule):
                 ``fit`` and reuse them (saves a forward per step; costs one pass over the data).
         """
         super().__init__(*args, **kwargs)
-        self.loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-        unknown = [t for t in self.loss_types if t not in DPO_LOSSES]
-        if unknown or not self.loss_types:
-            names = ", ".join(map(repr, unknown)) or "[]"
-            raise ValueError(f"loss_type {names} is unknown; choose from {sorted(DPO_LOSSES)}")
-        self.loss_weights = list(loss_weights) if loss_weights is not None else [1.0] * len(self.loss_types)
-        if len(self.loss_weights) != len(self.loss_types):
-            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.loss_types)} losses")
-        if "exo_pair" in self.loss_types and not label_smoothing > 0:
-            raise ValueError("loss_type exo_pair needs label_smoothing > 0 (e.g. 1e-3)")
-        signature = inspect.signature(DPOModule.__init__).parameters
-        knobs = {k: (self.hparams[k], signature[k].default) for k in LOSS_KNOBS}
-        self.loss_kwargs = loss_setting_values(self.loss_types, knobs, loss_settings)
+        self.loss_types, self.loss_weights, self.loss_kwargs = selected_losses(DPOModule, self.hparams)
         self.reference_free = all(t in REFERENCE_FREE for t in self.loss_types)
         # metrics show the log-probs as the first loss sees them
         self.average_logps = self.loss_types[0] in LENGTH_NORMALISED
@@ -174,12 +191,7 @@ class DPOModule(ReferenceModelMixin, PairwiseModule):
 
     def setting_rules(self) -> list[tuple[str, bool, str]]:
         hp = self.hparams
-        types = [hp.loss_type] if isinstance(hp.loss_type, str) else list(hp.loss_type)
-        return [("beta", hp.beta > 0, "> 0 (a negative beta trains toward the rejected replies)"),
-                ("label_smoothing", 0 <= hp.label_smoothing < 0.5, "in [0, 0.5)"),
-                ("simpo_gamma", hp.simpo_gamma >= 0, ">= 0"), ("discopop_tau", hp.discopop_tau > 0, "> 0"),
-                ("rpo_alpha", hp.rpo_alpha is None or hp.rpo_alpha >= 0, ">= 0 or null"),
-                ("loss_type", bool(types), "a loss name or a non-empty list of them")]
+        return [*loss_setting_rules(hp), ("rpo_alpha", hp.rpo_alpha is None or hp.rpo_alpha >= 0, ">= 0 or null")]
 
     # ---- reference ---------------------------------------------------------------------------------------------
 

@@ -8,12 +8,15 @@ the reply tokens under the policy (or, inside the reference context, under the r
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from lightning_post.losses.rl import entropy_from_logits
+from lightning_post.methods.base import PostTrainingModule
+from lightning_post.scoring.rewards import RewardFunc, RewardModelScorer, WeightedRewards, load_function
 
 #: ``(prompt records, reply texts, reply token ids) -> scores``, one per reply
 ScoreFn = Callable[[list[dict], list[str], list[list[int]]], torch.Tensor]
@@ -44,6 +47,8 @@ class Rollout(NamedTuple):
     scores: torch.Tensor  # (N,) reward model / function scores (after the missing-EOS penalty)
     entropy: torch.Tensor  # (N, R)
     kl: torch.Tensor  # (N, R) per-token KL estimate, 0 on padding
+    reward_parts: dict[str, torch.Tensor]  # label -> (N,): each of reward_funcs' scores and their "total" (or empty)
+    kept: torch.Tensor  # (N,) bool: rows the update trains on (False: a group dropped by dynamic sampling)
 
 
 @dataclasses.dataclass
@@ -115,3 +120,99 @@ class RolloutEngine:
         logits = self.policy.lm_head()(hidden).float() / (temperature or self.sampling.temperature)  # (n, R, V)
         logps = -F.cross_entropy(logits.flatten(0, 1), response.flatten(), reduction="none").view_as(response)
         return logps, entropy_from_logits(logits) if need_entropy else None, hidden
+
+
+# ---- the settings every on-policy method shares: how replies are sampled and what judges them ----------------------
+def _is_folder_path(path: str) -> bool:
+    """A folder path rather than a hub id (``org/name``)."""
+    return path.startswith((".", "/", "~")) or path.count("/") >= 2
+
+
+class OnPolicyModule(PostTrainingModule):
+    """Base of a method that samples replies to prompts and judges them (Online DPO; PPO can switch to it): the
+    sampling and judging settings, declared once, the judge (``score_texts``, a :data:`ScoreFn`) and
+    ``self.rollouts``, a :class:`RolloutEngine` over them. A subclass forwards ``*args, **kwargs`` here."""
+
+    def __init__(
+        self,
+        *args,
+        reward_model: Optional[str] = None,
+        reward_template: str = "chat",
+        reward_fn: Optional[str] = None,
+        reward_fn_kwargs: Optional[dict] = None,
+        reward_funcs: Optional[list[RewardFunc]] = None,
+        missing_eos_penalty: Optional[float] = None,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        **kwargs,
+    ):
+        """
+        Args:
+            reward_model: folder of a sequence-classification reward model (e.g. a RewardModule ``export/model``).
+            reward_template: template the reward model was trained with (how a prompt and reply are formatted).
+            reward_fn: instead of a reward model, a Python function ``package.module:function`` (see
+                :mod:`lightning_post.scoring.rewards`).
+            reward_fn_kwargs: extra keyword arguments for ``reward_fn``.
+            reward_funcs: instead of ``reward_model`` or ``reward_fn``, a list of reward functions with weights
+                (``{name, weight, kwargs, label}``: a registered name such as ``exact_answer``, ``format``,
+                ``length_penalty`` or ``reward_model``, or ``package.module:function``); the score is their weighted
+                sum.
+            missing_eos_penalty: subtracted from the score of replies that hit ``max_new_tokens`` without EOS.
+            max_new_tokens: longest sampled reply.
+            temperature: sampling temperature.
+            top_p: nucleus sampling threshold (1 = off).
+        """
+        super().__init__(*args, **kwargs)
+        if (reward_model is not None) + (reward_fn is not None) + (reward_funcs is not None) != 1:
+            raise ValueError("give exactly one of reward_model (a folder), reward_fn ('package.module:function') or "
+                             "reward_funcs (a list of reward functions with weights)")
+        if reward_model is not None and _is_folder_path(reward_model) and not Path(reward_model).expanduser().exists():
+            raise ValueError(f"reward_model folder {reward_model!r} does not exist. Train one with: lightning-post fit "
+                             "--config configs/reward/default.yaml --export.dirpath exports/reward")
+        self.reward_function = load_function(reward_fn) if reward_fn is not None else None
+        self.rewards = WeightedRewards(reward_funcs) if reward_funcs is not None else None
+        if self.rewards is not None:  # plain dicts in hparams, so checkpoints load with weights_only=True
+            self.hparams["reward_funcs"] = [dataclasses.asdict(e) for e in self.rewards.entries]
+        self.reward_parts: dict[str, torch.Tensor] = {}  # each reward function's scores of the latest replies
+        self._scorer: Optional[RewardModelScorer] = None
+        self.rollouts = RolloutEngine(self, self.score_texts, Sampling(max_new_tokens, temperature, top_p))
+
+    def setting_rules(self) -> list[tuple[str, bool, str]]:
+        hp = self.hparams
+        return [*super().setting_rules(), ("max_new_tokens", hp.max_new_tokens >= 1, ">= 1"),
+                ("temperature", hp.temperature > 0, "> 0"), ("top_p", 0 < hp.top_p <= 1, "in (0, 1]")]
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        super().configure_model()
+        hp = self.hparams
+        if hp.reward_model is not None:
+            self._scorer = RewardModelScorer(hp.reward_model, hp.reward_template, hp.dtype,
+                                             hp.micro_batch_size or 8, hp.trust_remote_code)
+        if self.rewards is not None:
+            self.rewards.load_models(hp.dtype, hp.micro_batch_size or 8, hp.trust_remote_code)
+
+    def score_texts(self, records: list[dict], texts: list[str], ids: list[list[int]]) -> torch.Tensor:
+        """Scores of decoded replies by the reward model, the reward function or the weighted ``reward_funcs``
+        (``self.rollouts.score`` calls this); with ``reward_funcs``, each function's scores and the total are kept in
+        ``reward_parts``."""
+        if self._scorer is not None:
+            return self._scorer.score(records, texts, self.device)
+        if self.rewards is not None:
+            scored = self.rewards(records, texts, ids, self.device)
+            self.reward_parts = {**scored.parts, "total": scored.total}
+            return scored.total
+        requests = [r["prompt"][-1]["content"] for r in records]
+        return self.reward_function(prompts=requests, completions=texts, completion_ids=ids,
+                                    **(self.hparams.reward_fn_kwargs or {}))
+
+    def judge(self, replies: Replies) -> torch.Tensor:
+        """Scores ``(N,)`` of sampled replies, less ``missing_eos_penalty`` for those that ended without EOS."""
+        scores = self.rollouts.score(replies)
+        penalty = self.hparams.missing_eos_penalty
+        if penalty is not None:
+            has_eos = (replies.response == self.tokenizer.eos_token_id).any(1)
+            scores = scores - penalty * (~has_eos).float()
+        return scores

@@ -12,6 +12,8 @@ Nothing here is a ``LightningDataModule`` or a torch module, and nothing imports
   (RL, CAI, the commands' prompts), :mod:`~lightning_post.records.unpaired` (KTO),
   :mod:`~lightning_post.records.feedback` (deployment feedback), :mod:`~lightning_post.records.annotations`
   (comparison pairs and their labels); :mod:`~lightning_post.records.chat` holds the message checks they share;
+- :mod:`~lightning_post.records.arithmetic`: a verifiable task, seeded arithmetic prompts with their answers (train
+  and held-out problems that never overlap);
 - :mod:`~lightning_post.records.templates` (``PROMPT_LAYOUTS``) and :mod:`~lightning_post.records.tokenize`
   (segments, pairs and prompts to token ids and labels, truncation).
 

@@ -2,7 +2,8 @@
 
 Records may be ``{"prompt": str | chat messages}``, a conversation ``{"messages": [...]}`` (turns after the last user
 turn are dropped), an instruction ``{"instruction", "input"}``, or any preference layout (its prompt is used), so the
-prompts of a preference dataset serve directly.
+prompts of a preference dataset serve directly. A reference answer (``answer``: text or a number) is kept with the
+prompt, for reward functions that check replies against it (``exact_answer``).
 """
 
 from __future__ import annotations
@@ -15,20 +16,27 @@ from lightning_post.records.files import DataError, raw_records
 from lightning_post.records.preference import normalize_preference_record
 from lightning_post.records.registry import normalizer
 
+#: the field of a prompt record that holds its reference answer (kept by the normaliser, read by ``exact_answer``)
+ANSWER_FIELD = "answer"
+
 
 @normalizer("prompt")
 def normalize_prompt_record(record: Any, where: str) -> dict[str, Any]:
-    """``{"prompt": messages ending with a user turn, "raw_prompt": HH-RLHF-style text}`` of one record.
+    """``{"prompt": messages ending with a user turn, "raw_prompt": HH-RLHF-style text}`` of one record, with
+    ``"answer"`` (as text) when the record gives a reference answer.
 
     >>> normalize_prompt_record({"instruction": "Add", "input": "2 + 2"}, "f:1")["prompt"]
     [{'role': 'user', 'content': 'Add\\n\\n2 + 2'}]
+    >>> normalize_prompt_record({"prompt": "What is 2 + 2?", "answer": 4}, "f:1")["answer"]
+    '4'
     """
     if not isinstance(record, dict):
         raise DataError(where, None, f"a record must be a JSON object, got {type(record).__name__}")
     record = {k: v for k, v in record.items() if v is not None}  # a file mixing layouts: absent fields load as None
+    answer = reference_answer(record, where)
     if "chosen" in record or "rejected" in record:
         pair = normalize_preference_record(record, where)
-        return {"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"]}
+        return {"prompt": pair["prompt"], "raw_prompt": pair["raw_prompt"], **answer}
     if "messages" in record:
         messages = chat_messages(record["messages"], where, "messages")
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
@@ -48,7 +56,18 @@ def normalize_prompt_record(record: Any, where: str) -> dict[str, Any]:
         if extra is not None and not isinstance(extra, str):
             raise DataError(where, "input", f"must be a string, got {type(extra).__name__}")
         messages = [{"role": "user", "content": f"{text}\n\n{extra}" if extra else text}]
-    return {"prompt": messages, "raw_prompt": hh_text(messages) + "\n\nAssistant:"}
+    return {"prompt": messages, "raw_prompt": hh_text(messages) + "\n\nAssistant:", **answer}
+
+
+def reference_answer(record: dict, where: str) -> dict[str, str]:
+    """``{"answer": text}`` of a record that gives a reference answer (a non-blank string, or a number written as
+    text), ``{}`` of one that does not."""
+    value = record.get(ANSWER_FIELD)
+    if value is None:
+        return {}
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise DataError(where, ANSWER_FIELD, f"must be a non-blank string or a number, got {value!r}")
+    return {ANSWER_FIELD: str(value).strip()}
 
 
 def load_prompt_records(paths: list[str]) -> list[dict]:
