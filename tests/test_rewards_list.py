@@ -51,6 +51,8 @@ def vowel_share(completions, **_):
     ("The answer is 41, not 42.", 0.0),  # the stated answer counts, not the last number
     ("41", 0.0), ("-42", 0.0), ("1,042", 0.0), ("4.2", 0.0), ("forty-two", 0.0), ("", 0.0),
     ("정답은 41입니다. 42가 아닙니다.", 0.0),
+    ("Answer: 41. Checking again: the answer is 42.", 1.0),  # the last marker decides
+    ("The answer is 42. Answer: 41", 0.0),
 ])
 def test_exact_answer_of_a_number(reply, reward):
     assert exact_answer([reply], [record("42")]) == [reward]

@@ -15,6 +15,8 @@ Where a shared setting means something particular to one command (what its ``see
 
 from __future__ import annotations
 
+import abc
+
 import glob
 from typing import Any, Optional, Union
 
@@ -26,15 +28,16 @@ from lightning_post.tracking import DEFAULT_TRACKING_URI
 Paths = Union[str, list[str], None]
 
 
-class Command:
+class Command(abc.ABC):
     """A ``lightning-post`` command: ``__init__`` is its schema (every setting typed, with a one-line docstring) and
     checks it; :meth:`run` does the work."""
 
     def __init__(self):
         """The end of the ``**kwargs`` chain of the groups below: a setting no group took is an error here."""
 
+    @abc.abstractmethod
     def run(self) -> Any:
-        raise NotImplementedError
+        """Do the command's work; returns its report."""
 
     def keep(self, settings: dict[str, Any]) -> None:
         """Store the ``__init__`` arguments (``locals()``) as attributes: ``vars(self)`` is then every setting (the

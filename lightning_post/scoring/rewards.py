@@ -102,10 +102,8 @@ def final_answer(completion: str) -> str:
     >>> final_answer("17 + 25 = 42. The answer is 42.")
     ' 42.'
     """
-    last = None
-    for last in ANSWER_MARKER.finditer(completion):
-        pass
-    return completion[last.end():] if last else completion
+    markers = list(ANSWER_MARKER.finditer(completion))
+    return completion[markers[-1].end():] if markers else completion
 
 
 def exact_answer(completions: list[str], records: list[dict], **_) -> list[float]:
