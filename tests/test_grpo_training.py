@@ -226,3 +226,29 @@ def test_settings_no_loss_reads_are_refused(tiny_path, kw, setting, problem):
     with pytest.raises(ConfigError) as info:
         grpo(tiny_path, **kw)
     assert info.value.setting == setting and problem in info.value.problem, str(info.value)
+
+
+def test_a_lean_rollout_trains_exactly_as_a_tracked_one(tiny_path):
+    """``track_kl: false`` with one on-policy update per rollout skips the sampling-time and reference forwards: the
+    update's own log-probs, detached, are the old ones. Two DAPO steps from the same seed then make the same losses,
+    the same entropy and the same adapter weights as with both forwards; only ``objective/kl`` is no longer logged.
+    With two epochs, a KL penalty or a critic the rollout keeps its forwards."""
+    runs = {}
+    for track in (True, False):
+        L.seed_everything(0)
+        start = load_causal_lm(tiny_path, "float32", "eager").state_dict()
+        module = grpo(tiny_path, loss_type="dapo", samples_per_prompt=4, track_kl=track)
+        _, rows = fit(module, prompts(tiny_path), 2)
+        runs[track] = (module, rows)
+        assert any(not torch.equal(p, start[n]) for n, p in module.model.named_parameters() if n in start), "no move"
+    (tracked, rows_t), (lean, rows_l) = runs[True], runs[False]
+    assert not tracked.lean_rollout and lean.lean_rollout
+    assert "objective/kl" in rows_t[-1] and "objective/kl" not in rows_l[-1]
+    for a, b in zip(rows_t, rows_l):
+        for key in ("train/loss", "objective/entropy", "objective/scores", "ppo/loss_weight"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    for (name, p), q in zip(tracked.model.named_parameters(), lean.model.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+    for kw in ({"ppo_epochs": 2}, {"kl_coef": 0.01}, {"loss_settings": {"beta": 0.04}}):
+        assert not grpo(tiny_path, track_kl=False, **kw).lean_rollout, kw
+    assert not ppo(tiny_path, track_kl=False, kl_coef=0.0).lean_rollout  # GAE: the critic's values need the forward

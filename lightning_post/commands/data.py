@@ -6,7 +6,7 @@
     lightning-post data label --pairs pairs.jsonl --judge llm --output judged.jsonl
     lightning-post data report --annotations '[judged.jsonl, people.jsonl]' --output_dir reports/judged
     lightning-post data convert --annotations people.jsonl --output train.jsonl --ties half
-    lightning-post data arithmetic --output_dir data/arithmetic --train_size 2000 --heldout_size 200
+    lightning-post data arithmetic --output_dir data/arithmetic --train_size 1000 --heldout_size 200 --max_operand 30
 
 Every command validates its input completely first (a bad record stops it with file, line and field) and writes its
 output through a temporary file, so a failed run leaves nothing half-written.

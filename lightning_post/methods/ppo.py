@@ -134,6 +134,7 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
         loss_settings: Optional[dict[str, Union[bool, int, float, str, None]]] = None,
         scale_rewards: str = "group",
         drop_equal_groups: bool = False,
+        track_kl: bool = True,
         reference_model: Optional[str] = None,
         val_do_sample: bool = False,
         log_rollouts_every_n_steps: int = 10,
@@ -173,6 +174,11 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
                 (the group's std), ``batch`` (the rollout's std) or ``none`` (Dr. GRPO).
             drop_equal_groups: dynamic sampling (DAPO): leave the groups whose scores are all equal out of the update
                 (no resampling); the share dropped is logged as ``train/groups/dropped_share``.
+            track_kl: log ``objective/kl``, the rollouts' drift from the reference, also when no KL term needs the
+                reference (``kl_coef`` 0, ``target_kl`` null, no in-loss ``beta``). ``false`` skips the reference's
+                forward pass then, and when each rollout makes one on-policy update (``ppo_epochs`` 1,
+                ``num_minibatches`` 1, no critic) the sampling-time forward too: the update's own log-probs,
+                detached, are the old ones (as TRL does), and ``objective/entropy`` is that of the replies trained on.
             reference_model: a different reference (folder or id); ``null`` = the starting policy.
             val_do_sample: sample (instead of greedy) replies to held-out prompts in validation.
             log_rollouts_every_n_steps: log a rollout's prompts, replies and scores to MLflow every N steps (0 = off).
@@ -268,6 +274,20 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
     def uses_critic(self) -> bool:
         return self.hparams.estimator == "gae"
 
+    @property
+    def needs_kl(self) -> bool:
+        """Whether the training itself reads the reference's log-probs (a KL reward penalty or an in-loss KL)."""
+        hp = self.hparams
+        return bool(hp.kl_coef or hp.target_kl is not None or (self.loss_values or {}).get("beta", 0.0))
+
+    @property
+    def lean_rollout(self) -> bool:
+        """Rollouts that only sample and score: no KL is needed or tracked, and each rollout makes one on-policy
+        update without a critic, so the update's own log-probs (detached) are the old ones."""
+        hp = self.hparams
+        return (not hp.track_kl and not self.needs_kl and not self.uses_critic and hp.ppo_epochs == 1
+                and hp.num_minibatches == 1)
+
     def configure_model(self) -> None:
         if self.model is not None:
             return
@@ -322,20 +342,24 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
         # step 2: score (the reward model, reward_fn or reward_funcs; less missing_eos_penalty)
         scores = self.judge(replies)
         reward_parts = self.reward_parts if self.rewards is not None else {}
-        # steps 3-4: log-probs of policy and reference, values
+        # steps 3-4: log-probs of policy and reference, values (none of them in a lean rollout)
         R = response.shape[1]
         logps, ref_logps, entropy, values = [], [], [], []
-        for idx in self._chunks(response.shape[0]):
+        track = hp.track_kl or self.needs_kl
+        for idx in [] if self.lean_rollout else self._chunks(response.shape[0]):
             part = {key: v[idx] for key, v in seq.items()}
             lp, ent, hidden = self.rollouts.response_logps(part, response[idx], need_entropy=True)
             logps.append(lp)
             entropy.append(ent)
             if self.uses_critic:
                 values.append(self.values_of(part, hidden, R))
-            with self._reference_context():
-                ref_logps.append(self.rollouts.response_logps(part, response[idx])[0])
-        logps, ref_logps, entropy = torch.cat(logps), torch.cat(ref_logps), torch.cat(entropy)
-        kl = KL_ESTIMATORS[hp.kl_estimator](logps, ref_logps) * mask  # (N, R)
+            if track:
+                with self._reference_context():
+                    ref_logps.append(self.rollouts.response_logps(part, response[idx])[0])
+        logps, entropy = (torch.cat(logps), torch.cat(entropy)) if logps else (None, None)
+        ref_logps = torch.cat(ref_logps) if ref_logps else None
+        no_kl = torch.zeros_like(mask, dtype=torch.float)
+        kl = KL_ESTIMATORS[hp.kl_estimator](logps, ref_logps) * mask if track else no_kl  # (N, R)
         # step 5: advantages (of the kept groups alone with dynamic sampling)
         kept = informative_groups(scores, k) if hp.drop_equal_groups else torch.ones_like(scores, dtype=torch.bool)
         if self.uses_critic:
@@ -382,8 +406,11 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
             # average per reply, so the shares add up to the minibatch's loss
             share = mask.sum() / tokens if per_token else torch.tensor(len(idx) / len(rows), device=self.device)
             with self._sync_context(last=j == len(micro) - 1):
-                logps, _, hidden = self.rollouts.response_logps(part, ro.response[idx])
+                lean = ro.logps is None  # a lean rollout: this forward's log-probs, detached, are the old ones
+                logps, entropy, hidden = self.rollouts.response_logps(part, ro.response[idx], need_entropy=lean)
                 loss, parts = self.policy_loss(logps, ro, idx)
+                if lean:
+                    parts["objective/entropy"] = masked_mean(entropy, mask)
                 if self.uses_critic:
                     values = self.values_of(part, hidden, ro.response.shape[1])
                     vf_loss, vf_clipfrac = clipped_value_loss(values, ro.values[idx], ro.returns[idx], mask,
@@ -403,11 +430,13 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
         log-probs at sampling time (``old_logps``) and the reference's, with the clip ratios and in-loss KL TRL logs."""
         hp = self.hparams
         mask = ro.mask[idx]
+        old = logps.detach() if ro.logps is None else ro.logps[idx]  # a lean rollout: on-policy by construction
         if hp.loss_type is None:
-            loss, stats = clipped_policy_loss(logps, ro.logps[idx], ro.advantages[idx], mask, hp.cliprange)
+            loss, stats = clipped_policy_loss(logps, old, ro.advantages[idx], mask, hp.cliprange)
             return loss, {"policy_loss": loss, **stats}
         advantages = ro.advantages[idx][:, 0]  # (n,) one per reply, equal over its tokens (the first is never padding)
-        out = GRPO_LOSSES[hp.loss_type](logps, ro.logps[idx], ro.ref_logps[idx], advantages, mask, **self.loss_values)
+        ref = old if ro.ref_logps is None else ro.ref_logps[idx]  # no reference: no in-loss KL (beta 0) reads it
+        out = GRPO_LOSSES[hp.loss_type](logps, old, ref, advantages, mask, **self.loss_values)
         return out.loss, {"policy_loss": out.loss, "train/clip_ratio/low": out.clip_low,
                           "train/clip_ratio/high": out.clip_high, "train/kl": out.kl, "ppo/loss_weight": out.weight}
 
@@ -482,12 +511,16 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
             "objective/kl": kl_per_reply,
             "objective/non_score_reward": -kl_coef * kl_per_reply,
             "objective/rlhf_reward": ro.scores.mean() - kl_coef * kl_per_reply,
-            "objective/entropy": masked_mean(ro.entropy, ro.mask),
             **{f"objective/{name}": torch.tensor(value) for name, value in replies.items()},
             **{f"train/rewards/{label}": v.mean() for label, v in ro.reward_parts.items()},
             "ppo/advantages": masked_mean(ro.advantages, ro.mask),
             "ppo/kl_coef": torch.tensor(kl_coef),
         }
+        if ro.ref_logps is None:  # no KL tracked (track_kl: false): no drift to show
+            for key in ("objective/kl", "objective/non_score_reward"):
+                del m[key]
+        if ro.entropy is not None:  # a lean rollout's entropy is the update's (of the replies trained on)
+            m["objective/entropy"] = masked_mean(ro.entropy, ro.mask)
         if self.hparams.drop_equal_groups:  # rows share = groups share: every group has samples_per_prompt rows
             m["train/groups/dropped_share"] = 1 - ro.kept.float().mean()
         if ro.returns is not None:

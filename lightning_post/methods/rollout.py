@@ -39,13 +39,13 @@ class Rollout(NamedTuple):
     seq: dict  # input_ids / attention_mask / position_ids / segment_ids, each (N, P + R)
     response: torch.Tensor  # (N, R) reply tokens, padding after EOS
     mask: torch.Tensor  # (N, R) 1 on reply tokens up to and including EOS
-    logps: torch.Tensor  # (N, R) policy log-probs at sampling time
-    ref_logps: torch.Tensor  # (N, R)
+    logps: Optional[torch.Tensor]  # (N, R) policy log-probs at sampling time (None: a lean rollout, see PPOModule)
+    ref_logps: Optional[torch.Tensor]  # (N, R) (None: no KL needed or tracked)
     values: Optional[torch.Tensor]  # (N, R) value estimates (None without a critic)
     advantages: torch.Tensor  # (N, R)
     returns: Optional[torch.Tensor]  # (N, R) value targets (None without a critic)
     scores: torch.Tensor  # (N,) reward model / function scores (after the missing-EOS penalty)
-    entropy: torch.Tensor  # (N, R)
+    entropy: Optional[torch.Tensor]  # (N, R) (None: a lean rollout)
     kl: torch.Tensor  # (N, R) per-token KL estimate, 0 on padding
     reward_parts: dict[str, torch.Tensor]  # label -> (N,): each of reward_funcs' scores and their "total" (or empty)
     kept: torch.Tensor  # (N,) bool: rows the update trains on (False: a group dropped by dynamic sampling)
@@ -133,6 +133,10 @@ class OnPolicyModule(PostTrainingModule):
     sampling and judging settings, declared once, the judge (``score_texts``, a :data:`ScoreFn`) and
     ``self.rollouts``, a :class:`RolloutEngine` over them. A subclass forwards ``*args, **kwargs`` here."""
 
+    #: judges a subclass declares besides ``reward_model``, ``reward_fn`` and ``reward_funcs``: ``(setting, what it
+    #: takes)``; exactly one of them all must be given
+    extra_judges: tuple[tuple[str, str], ...] = ()
+
     def __init__(
         self,
         *args,
@@ -164,9 +168,11 @@ class OnPolicyModule(PostTrainingModule):
             top_p: nucleus sampling threshold (1 = off).
         """
         super().__init__(*args, **kwargs)
-        if (reward_model is not None) + (reward_fn is not None) + (reward_funcs is not None) != 1:
-            raise ValueError("give exactly one of reward_model (a folder), reward_fn ('package.module:function') or "
-                             "reward_funcs (a list of reward functions with weights)")
+        judges = [("reward_model", "a folder"), ("reward_fn", "'package.module:function'"),
+                  ("reward_funcs", "a list of reward functions with weights"), *self.extra_judges]
+        if sum(self.hparams.get(name) is not None for name, _ in judges) != 1:  # hparams: every init argument
+            named = [f"{name} ({what})" for name, what in judges]
+            raise ValueError(f"give exactly one of {', '.join(named[:-1])} or {named[-1]}")
         if reward_model is not None and _is_folder_path(reward_model) and not Path(reward_model).expanduser().exists():
             raise ValueError(f"reward_model folder {reward_model!r} does not exist. Train one with: lightning-post fit "
                              "--config configs/reward/default.yaml --export.dirpath exports/reward")
