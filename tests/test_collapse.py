@@ -81,15 +81,16 @@ def test_the_guard_state_survives_a_checkpoint():
     assert resumed.start("length") == 9.0 and resumed.collapsed == {"length"}
 
 
-def test_a_forced_guard_stops_the_run_with_a_tag(tmp_path):
+@pytest.mark.parametrize("method", ["ppo", "online_dpo"])  # every on-policy method has the guard
+def test_a_forced_guard_stops_the_run_with_a_tag(tmp_path, method):
     """Share 1.01 with a window of 1: the first rollout's statistics are below 1.01 x themselves (the tiny model's
     replies never end, length 8 > 0), so the run stops cleanly after the first of its 4 steps, with the reason logged
     and tagged; a guard that only warns lets the run finish."""
-    args = ["fit", "--config", str(CONFIGS / "ppo/tiny.yaml"), "--samples.enabled", "false",
+    args = ["fit", "--config", str(CONFIGS / f"{method}/tiny.yaml"), "--samples.enabled", "false",
             "--model.init_args.collapse_share", "1.01", "--model.init_args.collapse_window", "1"]
     out = cli([*args, "--model.init_args.collapse_action", "stop"], tmp_path)
     c = client(tmp_path)
-    run = c.search_runs(c.get_experiment_by_name("ppo").experiment_id)[0]
+    run = c.search_runs(c.get_experiment_by_name(method).experiment_id)[0]
     assert run.info.status == "FINISHED"
     tag = run.data.tags["collapse_guard"]
     assert tag.startswith("collapse guard at step 1: length fell to 8, below 1.01 x its start 8") and \
@@ -100,6 +101,6 @@ def test_a_forced_guard_stops_the_run_with_a_tag(tmp_path):
     for name in STATISTICS:
         assert f"objective/{name}" in run.data.metrics
     cli([*args, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0"], tmp_path)
-    warned = c.search_runs(c.get_experiment_by_name("ppo").experiment_id, order_by=["start_time DESC"])[0]
+    warned = c.search_runs(c.get_experiment_by_name(method).experiment_id, order_by=["start_time DESC"])[0]
     assert len(c.get_metric_history(warned.info.run_id, "objective/length")) == 2
     assert not warned.data.tags["collapse_guard"].endswith("stopping the run")

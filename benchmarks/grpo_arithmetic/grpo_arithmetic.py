@@ -242,16 +242,32 @@ def write_report(a, work: Path) -> None:
         ours_r, trl_r = done["dapo"], done["trl_dapo"]
         gain = {k: sum(v["verdicts"]) - sum(base["verdicts"]) for k, v in (("ours", ours_r), ("trl", trl_r))}
         step = {k: statistics.median(v["step_seconds"]) for k, v in (("ours", ours_r), ("trl", trl_r))}
+        vs = paired(trl_r["verdicts"], ours_r["verdicts"])
         lines += ["", f"**Against TRL** (the same DAPO settings, {a.steps} steps each): held-out gain {gain['ours']:+d} "
                   f"(ours) vs {gain['trl']:+d} (TRL); median seconds per step {step['ours']:.1f} vs {step['trl']:.1f} "
                   f"(ours / TRL = {step['ours'] / step['trl']:.2f}); peak RSS {ours_r['peak_rss_gb']:.2f} vs "
-                  f"{trl_r['peak_rss_gb']:.2f} GB. A step's time falls as the replies shorten, so the two medians "
+                  f"{trl_r['peak_rss_gb']:.2f} GB. Problem by problem, ours is right where TRL's is wrong on "
+                  f"{vs['wins']}, the reverse on {vs['losses']} (sign test p = {vs['p']:.2g}). A step's time falls as the replies shorten, so the two medians "
                   "compare like with like only where the reply lengths fell alike (the table shows both)."]
     slow = {k: [round(t) for t in v["step_seconds"] if t > 1.5 * statistics.median(v["step_seconds"])]
             for k, v in done.items() if v["step_seconds"]}
     if any(slow.values()):
         lines += ["", "Steps slower than 1.5 x their run's median (another process on the cores; the medians are kept): "
                   + "; ".join(f"{k}: {v} s" for k, v in slow.items() if v)]
+    notes = [
+        "`guard`: configs/ppo/grpo_arithmetic.yaml watches `eos_rate` alone (`collapse_stats`): the replies become the "
+        "template `a + b = c`, so length and distinct-2 fall on purpose while every held-out reply stays distinct (the "
+        "share below); the default guard, which watches all four statistics, would have warned where distinct-2 fell "
+        "below half its start (the column above). Online DPO runs with the default guard (all four) and stayed quiet.",
+        "`online_dpo`: 32 prompts x 2 replies per step and one DPO update (a step costs less than a group of 8); its "
+        "training exact-answer is the judge's mean score, which is `exact_answer` (weight 1).",
+        "`dapo_ds`: a rollout whose groups all score alike makes no update and does not count as a step.",
+    ]
+    if {"dapo", "dapo_tracked"} <= done.keys():
+        same = done["dapo"]["replies"] == done["dapo_tracked"]["replies"]
+        notes.append(f"`dapo` (`track_kl: false`) and `dapo_tracked` give {'the same' if same else 'different'} 200 "
+                     "held-out replies: a lean rollout only skips forward passes.")
+    lines += ["", "Notes:", "", *[f"- {n}" for n in notes]]
     lines += ["", "Greedy held-out replies (words on average, share of distinct replies): " + "; ".join(
         f"{k} {reply_stats(v['replies'])}" for k, v in [("start", base), *done.items()])]
     lines += ["", "Commands (from the project root; `--work` holds the MLflow store and the logs):", "",

@@ -91,14 +91,16 @@ def main() -> None:
     before, after = before_run.data.metrics, after_run.data.metrics
     paired = paired_scores(val_answers(client, before_run.info.run_id), val_answers(client, after_run.info.run_id))
     history = {k: [round(m.value, 4) for m in client.get_metric_history(fit_run.info.run_id, k)]
-               for k in ("objective/scores", "objective/kl", "ppo/value_loss", "ppo/clipfrac")}
+               for k in ("objective/scores", "objective/kl", "ppo/value_loss", "ppo/clipfrac", "objective/length",
+                         "objective/eos_rate", "objective/distinct_1", "objective/distinct_2")}
     result = {
         "before": {k: before[k] for k in before if k.startswith("val/")},
         "after": {k: after[k] for k in after if k.startswith("val/")},
         "paired": paired, "settings": " ".join(args.extra) or "configs/ppo/default.yaml as is",
         "train_history": history, "steps": args.steps, "held_out_prompts": args.held_out,
         "reward_model": reward_model, "seconds_validate": round(t_before), "seconds_fit": round(t_fit),
-        "run_id": fit_run.info.run_id,
+        "run_id": fit_run.info.run_id, "collapse_guard": fit_run.data.tags.get("collapse_guard"),
+        "rollouts": len(history["objective/scores"]),
         "commands": [" ".join(["lightning-post", *c[1:]]) for c in (before_cmd, fit_cmd, after_cmd)],
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,9 @@ def write_report(r: dict, out: Path) -> None:
     lines += ["", f"Result: over the same {d['n']} held-out prompts the mean score changed by {change:+.4f} (paired "
               f"standard error {se:.4f}): it {verdict}. The score rose on {d['higher']} prompts and fell on "
               f"{d['lower']} (sign test p = {d['sign_test_p']:.2g}); {d['answers_changed']} greedy answers changed."]
+    guard = r.get("collapse_guard")
+    if "collapse_guard" in r:  # runs from before the guard have no such entry
+        lines += ["", f"Collapse guard: {'it fired after rollout ' + str(r['rollouts']) + ': ' + guard if guard else 'quiet: every watched statistic stayed above its share of the start'}."]
     lines += ["", f"{r['steps']} optimizer steps ({r['steps'] // 4} rollouts); fit took {r['seconds_fit']} s, the validation before {r['seconds_validate']} s.",
               "", "Per training step (sampled answers to training prompts):", ""]
     for key, values in r["train_history"].items():

@@ -230,7 +230,9 @@ class OnlineDPOModule(ReferenceModelMixin, OnPolicyModule, PairwiseModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         pairs, sums = self.judged_pairs(batch)  # steps 1-3
         loss = super().training_step(pairs, batch_idx)  # step 4: exact accumulation over micro-batches of pairs
-        self.log_dict(self.judge_metrics(sums), on_step=True, on_epoch=False, batch_size=len(batch["records"]))
+        metrics = self.judge_metrics(sums)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["records"]))
+        self.watch_collapse({name: float(metrics[f"objective/{name}"]) for name in STATISTICS})
         return loss
 
     def loss_units(self, batch: dict) -> torch.Tensor:

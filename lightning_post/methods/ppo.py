@@ -17,12 +17,12 @@ from lightning_post.losses.rl import (
     masked_mean, token_rewards, whiten,
 )
 from lightning_post.methods.base import unwrap_peft
-from lightning_post.methods.collapse import STATISTICS, CollapseGuard, reply_statistics
+from lightning_post.methods.collapse import STATISTICS, reply_statistics
 from lightning_post.methods.reference import ReferenceModelMixin
 from lightning_post.methods.rollout import OnPolicyModule, Rollout
 from lightning_post.models.loading import load_causal_lm
 from lightning_post.models.peft import apply_peft
-from lightning_post.tracking import mlflow_logger, set_tags
+from lightning_post.tracking import mlflow_logger
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +139,6 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
         val_do_sample: bool = False,
         log_rollouts_every_n_steps: int = 10,
         log_val_answers: bool = True,
-        collapse_share: Optional[float] = 0.5,
-        collapse_action: str = "warn",
-        collapse_window: int = 4,
-        collapse_stats: tuple[str, ...] = STATISTICS,
         **kwargs,
     ):
         """
@@ -184,13 +180,6 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
             log_rollouts_every_n_steps: log a rollout's prompts, replies and scores to MLflow every N steps (0 = off).
             log_val_answers: log every validation's held-out answers, scores and KL to MLflow
                 (``val_answers/step<N>.json``), so runs compare prompt by prompt.
-            collapse_share: warn when a reply statistic of the rollouts (``collapse_stats``) falls below this share
-                of its start (``null`` = off; the statistics are logged either way).
-            collapse_action: ``warn`` (a warning and the MLflow tag ``collapse_guard``) or ``stop`` (also stops the
-                run cleanly after the rollout).
-            collapse_window: the start is the mean of the first N rollouts, compared with the mean of the last N.
-            collapse_stats: the statistics watched: ``length`` (tokens), ``eos_rate``, ``distinct_1``,
-                ``distinct_2``.
         """
         super().__init__(*args, **kwargs)
         if estimator not in ESTIMATORS:
@@ -203,7 +192,6 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
             raise ValueError(f"value_model must be 'shared' or 'separate', got {value_model!r}")
         self.loss_values = self.check_loss_choice()  # the GRPO-family loss's settings (None: PPO's clipped loss)
         self.no_signal = 0  # rollouts in a row without a group to train on
-        self.collapse = CollapseGuard(collapse_share, collapse_window, collapse_stats) if collapse_share else None
         self.kl_value = kl_coef
         self.value_head: Optional[torch.nn.Module] = None
         self.critic: Optional[ValueModel] = None
@@ -224,11 +212,6 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
                 ("cliprange_value", hp.cliprange_value > 0, "> 0"), ("vf_coef", hp.vf_coef >= 0, ">= 0"),
                 ("ppo_epochs", hp.ppo_epochs >= 1, ">= 1"), ("num_minibatches", hp.num_minibatches >= 1, ">= 1"),
                 ("log_rollouts_every_n_steps", hp.log_rollouts_every_n_steps >= 0, ">= 0 (0 = off)"),
-                ("collapse_share", hp.collapse_share is None or hp.collapse_share > 0, "> 0 or null (off)"),
-                ("collapse_action", hp.collapse_action in ("warn", "stop"), "warn or stop"),
-                ("collapse_window", hp.collapse_window >= 1, ">= 1"),
-                ("collapse_stats", bool(hp.collapse_stats) and set(hp.collapse_stats) <= set(STATISTICS),
-                 f"a non-empty list of {', '.join(STATISTICS)}"),
                 ("scale_rewards", hp.scale_rewards in SCALE_REWARDS, " or ".join(SCALE_REWARDS))]
 
     def check_loss_choice(self) -> Optional[dict]:
@@ -309,14 +292,10 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["ppo_kl_coef"] = self.kl_value
-        if self.collapse is not None:
-            checkpoint["collapse_guard"] = self.collapse.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.kl_value = checkpoint.get("ppo_kl_coef", self.kl_value)
-        if self.collapse is not None and "collapse_guard" in checkpoint:
-            self.collapse.load_state_dict(checkpoint["collapse_guard"])
 
     # ---- forward passes ------------------------------------------------------------------------------------------
     def values_of(self, seq: dict, hidden: torch.Tensor, R: int) -> torch.Tensor:
@@ -484,23 +463,6 @@ class PPOModule(ReferenceModelMixin, OnPolicyModule):
                     f"({self.no_signal} in a row)")
         if self.no_signal >= NO_SIGNAL_PATIENCE:
             log.warning(f"{NO_SIGNAL_PATIENCE} rollouts in a row without a group to train on: stopping the run")
-            self.trainer.should_stop = True
-
-    def watch_collapse(self, stats: dict[str, float]) -> None:
-        """The collapse guard on this rollout's reply statistics (means over the processes, so every rank decides
-        alike): one warning line, also the MLflow tag ``collapse_guard``, when statistics have just collapsed; with
-        ``collapse_action: stop`` the run stops after this step."""
-        reasons = self.collapse.update(stats) if self.collapse is not None else []
-        if not reasons:
-            return
-        stop = self.hparams.collapse_action == "stop"
-        line = (f"collapse guard at step {self.trainer.global_step}: " + "; ".join(reasons)
-                + ("; stopping the run" if stop else ""))
-        log.warning(line)
-        logger = mlflow_logger(self.trainer)
-        if logger is not None and self.trainer.is_global_zero:
-            set_tags(logger, {"collapse_guard": line})
-        if stop:
             self.trainer.should_stop = True
 
     def rollout_metrics(self, ro: Rollout, kl_per_reply: torch.Tensor, kl_coef: float) -> dict[str, torch.Tensor]:

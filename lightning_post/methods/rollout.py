@@ -8,6 +8,7 @@ the reply tokens under the policy (or, inside the reference context, under the r
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -16,7 +17,9 @@ import torch.nn.functional as F
 
 from lightning_post.losses.rl import entropy_from_logits
 from lightning_post.methods.base import PostTrainingModule
+from lightning_post.methods.collapse import STATISTICS, CollapseGuard
 from lightning_post.scoring.rewards import RewardFunc, RewardModelScorer, WeightedRewards, load_function
+from lightning_post.tracking import mlflow_logger, set_tags
 
 #: ``(prompt records, reply texts, reply token ids) -> scores``, one per reply
 ScoreFn = Callable[[list[dict], list[str], list[list[int]]], torch.Tensor]
@@ -31,6 +34,8 @@ class Replies(NamedTuple):
     mask: torch.Tensor  # (N, R) 1 on reply tokens up to and including EOS
     records: list[dict]  # N prompt records, each repeated for its samples
 
+
+log = logging.getLogger(__name__)
 
 class Rollout(NamedTuple):
     """One batch of experience of PPO, RLOO or GRPO: :class:`Replies` with their scores, log-probs, KL and
@@ -119,7 +124,7 @@ class RolloutEngine:
         hidden = self.policy.forward_hidden(seq)[:, -R - 1:-1]  # (n, R, H)
         logits = self.policy.lm_head()(hidden).float() / (temperature or self.sampling.temperature)  # (n, R, V)
         logps = -F.cross_entropy(logits.flatten(0, 1), response.flatten(), reduction="none").view_as(response)
-        return logps, entropy_from_logits(logits) if need_entropy else None, hidden
+        return logps, entropy_from_logits(logits.detach()) if need_entropy else None, hidden  # a statistic: no graph
 
 
 # ---- the settings every on-policy method shares: how replies are sampled and what judges them ----------------------
@@ -149,6 +154,10 @@ class OnPolicyModule(PostTrainingModule):
         max_new_tokens: int = 64,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        collapse_share: Optional[float] = 0.5,
+        collapse_action: str = "warn",
+        collapse_window: int = 4,
+        collapse_stats: tuple[str, ...] = STATISTICS,
         **kwargs,
     ):
         """
@@ -166,6 +175,13 @@ class OnPolicyModule(PostTrainingModule):
             max_new_tokens: longest sampled reply.
             temperature: sampling temperature.
             top_p: nucleus sampling threshold (1 = off).
+            collapse_share: warn when a reply statistic of the rollouts (``collapse_stats``) falls below this share
+                of its start (``null`` = off; the statistics are logged either way).
+            collapse_action: ``warn`` (a warning and the MLflow tag ``collapse_guard``) or ``stop`` (also stops the
+                run cleanly after the rollout).
+            collapse_window: the start is the mean of the first N rollouts, compared with the mean of the last N.
+            collapse_stats: the statistics watched: ``length`` (tokens), ``eos_rate``, ``distinct_1``,
+                ``distinct_2``.
         """
         super().__init__(*args, **kwargs)
         judges = [("reward_model", "a folder"), ("reward_fn", "'package.module:function'"),
@@ -183,11 +199,45 @@ class OnPolicyModule(PostTrainingModule):
         self.reward_parts: dict[str, torch.Tensor] = {}  # each reward function's scores of the latest replies
         self._scorer: Optional[RewardModelScorer] = None
         self.rollouts = RolloutEngine(self, self.score_texts, Sampling(max_new_tokens, temperature, top_p))
+        self.collapse = CollapseGuard(collapse_share, collapse_window, collapse_stats) if collapse_share else None
 
     def setting_rules(self) -> list[tuple[str, bool, str]]:
         hp = self.hparams
         return [*super().setting_rules(), ("max_new_tokens", hp.max_new_tokens >= 1, ">= 1"),
-                ("temperature", hp.temperature > 0, "> 0"), ("top_p", 0 < hp.top_p <= 1, "in (0, 1]")]
+                ("temperature", hp.temperature > 0, "> 0"), ("top_p", 0 < hp.top_p <= 1, "in (0, 1]"),
+                ("collapse_share", hp.collapse_share is None or hp.collapse_share > 0, "> 0 or null (off)"),
+                ("collapse_action", hp.collapse_action in ("warn", "stop"), "warn or stop"),
+                ("collapse_window", hp.collapse_window >= 1, ">= 1"),
+                ("collapse_stats", bool(hp.collapse_stats) and set(hp.collapse_stats) <= set(STATISTICS),
+                 f"a non-empty list of {', '.join(STATISTICS)}")]
+
+    # ---- the collapse guard: its start continues in checkpoints ----------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.collapse is not None:
+            checkpoint["collapse_guard"] = self.collapse.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.collapse is not None and "collapse_guard" in checkpoint:
+            self.collapse.load_state_dict(checkpoint["collapse_guard"])
+
+    def watch_collapse(self, stats: dict[str, float]) -> None:
+        """The collapse guard on this rollout's reply statistics (means over the processes, so every rank decides
+        alike): one warning line, also the MLflow tag ``collapse_guard``, when statistics have just collapsed; with
+        ``collapse_action: stop`` the run stops after this step."""
+        reasons = self.collapse.update(stats) if self.collapse is not None else []
+        if not reasons:
+            return
+        stop = self.hparams.collapse_action == "stop"
+        line = (f"collapse guard at step {self.trainer.global_step}: " + "; ".join(reasons)
+                + ("; stopping the run" if stop else ""))
+        log.warning(line)
+        logger = mlflow_logger(self.trainer)
+        if logger is not None and self.trainer.is_global_zero:
+            set_tags(logger, {"collapse_guard": line})
+        if stop:
+            self.trainer.should_stop = True
 
     def configure_model(self) -> None:
         if self.model is not None:
